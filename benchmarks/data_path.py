@@ -25,8 +25,8 @@ import torchvision
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from kdzoo.data import batch_indices, to_float
-from kdzoo.plugins import load_plugins
+from kdzoo.run.data import batch_indices, to_float
+from kdzoo.host.loading import load_plugins
 
 ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 

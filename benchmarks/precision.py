@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdzoo.plugins import load_plugins
+from kdzoo.host.loading import load_plugins
 
 
 def step_rate(depth: int, channels_last: bool, bf16: bool, steps: int, batch_size: int) -> float:

@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 # refuses plugins that need a newer major/minor than this core provides.
 PLUGIN_API_VERSION = (1, 0)
 
-from kdzoo.hookspecs import hookimpl  # noqa: E402  (pluggy only: still cheap)
+from kdzoo.host.hookspecs import hookimpl  # noqa: E402  (pluggy only: still cheap)
 
 __all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl"]

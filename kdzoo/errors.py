@@ -36,3 +36,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'kd'?)`` for the closest choice, or an empty string."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class ComponentError(KdzooError):
+    """Plugin code raised while a run used it. The message names the component, its
+    plugin, the phase (and epoch and step) and the original error; ``--debug`` or
+    ``KDZOO_DEBUG=1`` adds the traceback. A grid marks the arm failed and goes on."""
+
+    exit_code = 1

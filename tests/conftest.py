@@ -63,6 +63,6 @@ def write_spec(tmp_path):
 
 @pytest.fixture(scope="session")
 def host():
-    from kdzoo.plugins import load_plugins
+    from kdzoo.host.loading import load_plugins
 
     return load_plugins()

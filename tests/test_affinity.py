@@ -17,9 +17,9 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
-import kdzoo.plugins
+import kdzoo.host.loading
 from kdzoo import hookimpl
-from kdzoo.affinity import parse_policies, split_policy_entries
+from kdzoo.study.affinity import parse_policies, split_policy_entries
 from kdzoo.api import ImageData, Network
 from kdzoo.cli import cli
 from kdzoo.errors import KdzooError
@@ -82,12 +82,12 @@ def make_plugin() -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def plugin_host():
-    return kdzoo.plugins.load_plugins(extra_modules=[make_plugin()])
+    return kdzoo.host.loading.load_plugins(extra_modules=[make_plugin()])
 
 
 @pytest.fixture
 def cli_host(plugin_host, monkeypatch):
-    monkeypatch.setattr(kdzoo.plugins, "_HOST", plugin_host)  # what `kdzoo` commands load
+    monkeypatch.setattr(kdzoo.host.loading, "_HOSTS", {(): plugin_host})  # what `kdzoo` commands load
     return plugin_host
 
 

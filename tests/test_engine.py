@@ -8,10 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdzoo import checkpoint as ckpt
+from kdzoo import rundir
+from kdzoo.run import checkpoint as ckpt
 from kdzoo.cli import cli
 from kdzoo.errors import KdzooError, TrainingError
-from kdzoo.runner import run_single
+from kdzoo.run.runner import run_single
 from kdzoo.spec import validate_spec
 
 
@@ -25,7 +26,7 @@ def test_train_writes_run_dir_and_checkpoint(host, tiny_train, tmp_path):
     run = tmp_path / "run"
     assert [r["epoch"] for r in _records(run)] == [1, 2]
     assert 0.0 <= summary["final"]["test/top1/model"] <= 1.0
-    weights, manifest = ckpt.resolve_checkpoint(run)
+    weights, manifest = rundir.resolve_checkpoint(run)
     # the resolved model reference: enough to rebuild the network, defaults included
     assert manifest["model"]["name"] == "cifar-resnet"
     assert manifest["model"]["params"]["depth"] == 8 and manifest["model"]["params"]["width"] == 4
@@ -37,8 +38,8 @@ def test_train_writes_run_dir_and_checkpoint(host, tiny_train, tmp_path):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(host, tiny_train, tmp_path):
-    from kdzoo.data import load_data
-    from kdzoo.engine import load_teacher
+    from kdzoo.run.data import load_data
+    from kdzoo.run.teachers import load_teacher
 
     spec = validate_spec(tiny_train, host.registry)
     run_single(spec, host, tmp_path / "run", log=lambda _: None, progress=True)
@@ -62,7 +63,8 @@ def test_distill_from_a_checkpoint_teacher(host, tiny_train, tiny_distill, tmp_p
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(host, tiny_distill, tmp_path, monkeypatch):
-    from kdzoo import engine
+    from kdzoo.run import trainer as engine
+    from kdzoo.run.checkpoint import load_tensors_with_metadata
 
     tiny_distill.update(epochs=3, output_dir=str(tmp_path / "runs"))
     spec = validate_spec(tiny_distill, host.registry)
@@ -78,7 +80,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(host, tiny_distill,
     monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_single(spec, host, tmp_path / "cut", log=lambda _: None, progress=True)
-    assert json.loads((tmp_path / "cut" / "state" / "last.json").read_text())["epoch"] == 2
+    _, header = load_tensors_with_metadata(rundir.state_file(tmp_path / "cut"))
+    assert json.loads(header["kdzoo_state"])["epoch"] == 2
     monkeypatch.setattr(engine.Trainer, "train_epoch", original)
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "cut"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from kdzoo.plugin_check import FAIL, PASS, SKIP, check_plugin
+from kdzoo.authoring.check import FAIL, PASS, SKIP, check_plugin
 
 HEADER = """\
 from __future__ import annotations

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 from pydantic import BaseModel
 
-from kdzoo import plugins
+from kdzoo.host import loading as plugins
 from kdzoo.errors import PluginError
-from kdzoo.registry import Registry, make_register
+from kdzoo.host.registry import Registry, make_register
 
 GOOD = """
 from pydantic import BaseModel
@@ -129,9 +129,9 @@ def test_plugins_add_cli_commands(fake_entry_points, monkeypatch):
         "    @cli.command()\n    def hello():\n        '''Say hello.'''\n        click.echo('hello from a plugin')\n",
     )
     fake_entry_points("broken-cli", "kdzoo_test_broken_cli", "from kdzoo import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n    raise RuntimeError('no')\n")
-    monkeypatch.setattr(plugins, "_HOST", plugins.load_plugins())
+    monkeypatch.setattr(plugins, "_HOSTS", {(): plugins.load_plugins()})
     monkeypatch.setattr(cli_module.cli, "commands", dict(cli_module.cli.commands))
-    cli_module.attach_plugin_commands()
+    cli_module.attach_commands(plugins.get_host().manager)
     result = CliRunner().invoke(cli_module.cli, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
     assert "hello" in CliRunner().invoke(cli_module.cli, ["--help"]).output

@@ -23,12 +23,12 @@ import yaml
 from click.testing import CliRunner
 
 from kdzoo.cli import cli
-from kdzoo.plugins import ALLOW_LIST_ENV, reset_host
+from kdzoo.host.loading import ALLOW_LIST_ENV, reset_host
 from kdzoo.testing import tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGIN = ROOT / "examples" / "kdzoo-example-plugin"
-ENGINE_AVAILABLE = importlib.util.find_spec("kdzoo.engine") is not None and importlib.util.find_spec("kdzoo.runner") is not None
+ENGINE_AVAILABLE = importlib.util.find_spec("kdzoo.run.trainer") is not None and importlib.util.find_spec("kdzoo.run.runner") is not None
 OFFLINE_PIP = ["--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
 
 
@@ -214,7 +214,7 @@ def small_catalogue(tmp_path, monkeypatch):
 
 def test_install_resolves_names_through_the_catalogue(small_catalogue):
     from kdzoo.errors import KdzooError
-    from kdzoo.plugin_cli import resolve_requirement
+    from kdzoo.cli.plugins import resolve_requirement
 
     local = str((small_catalogue / "local-plugin").resolve())
     assert resolve_requirement("kdzoo-local") == local
@@ -321,7 +321,7 @@ def test_the_example_plugin_installed_in_a_target_folder_is_seen_and_passes(exam
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ENGINE_AVAILABLE, reason="needs the engine (kdzoo.engine, kdzoo.runner)")
+@pytest.mark.skipif(not ENGINE_AVAILABLE, reason="needs the engine (kdzoo.run.trainer, kdzoo.run.runner)")
 def test_kdzoo_run_trains_with_the_example_plugins_loss_and_augmentation(example_plugin_path, tmp_path):
     spec = tiny_spec(
         augmentation={"name": "brightness-contrast", "params": {"brightness": 0.3}},

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdzoo.catalogue import CATALOGUE_FILE, is_local_requirement, load_catalogue, normalise
+from kdzoo.authoring.catalogue import CATALOGUE_FILE, is_local_requirement, load_catalogue, normalise
 from kdzoo.errors import KdzooError
-from kdzoo.hookspecs import KINDS
+from kdzoo.host.hookspecs import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGIN = ROOT / "examples" / "kdzoo-example-plugin"

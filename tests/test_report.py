@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from kdzoo.cli import cli
-from kdzoo.report import Arm, Group, findings, load_arms
+from kdzoo.study.report import Arm, Group, findings, load_arms
 
 MODEL = {"name": "cifar-resnet", "params": {"depth": 8, "width": 4}}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -150,7 +150,7 @@ def test_json_specs_are_read_like_yaml(tiny_distill, tmp_path):
 def test_docs_spec_reference_is_current():
     from pathlib import Path
 
-    from kdzoo.specdoc import render
+    from kdzoo.spec.doc import render
 
     committed = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
-    assert committed == render(), "docs/spec.md is stale: python -m kdzoo.specdoc > docs/spec.md"
+    assert committed == render(), "docs/spec.md is stale: python -m kdzoo.spec.doc > docs/spec.md"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdzoo.runner import run_single
+from kdzoo.run.runner import run_single
 from kdzoo.spec import validate_spec
 
 TIMM_VIT = {"name": "timm", "params": {"arch": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2}}}
@@ -32,7 +32,7 @@ def test_vit_teacher_distils_a_cnn_student(host, tiny_distill, tmp_path, teacher
 def test_feature_loss_with_connector_between_cnn_families(host, tiny_distill, tmp_path):
     """FitNet between a CIFAR ResNet student and a torchvision ResNet teacher: a 1x1-conv connector
     bridges the channel mismatch, is trained with the student and saved in its checkpoint."""
-    from kdzoo import checkpoint as ckpt
+    from kdzoo.run import checkpoint as ckpt
 
     tiny_distill.update(epochs=1, output_dir=str(tmp_path / "runs"))
     tiny_distill["teachers"] = [{"name": "tv", "train": {"model": {"name": "torchvision", "params": {"arch": "resnet18"}}, "epochs": 1}}]

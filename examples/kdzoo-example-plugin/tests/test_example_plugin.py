@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from kdzoo.plugin_check import check_plugin
+from kdzoo.authoring.check import check_plugin
 from kdzoo.testing import isolated_host, make_distill_batch, random_images, random_logits, tiny_network_pair
 
 import kdzoo_example

@@ -15,8 +15,8 @@ import time
 import torch
 
 import kdzoo_data
-from kdzoo.plugins import PluginHost, PluginInfo, new_manager, register_plugin
-from kdzoo.registry import Registry
+from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
+from kdzoo.host.registry import Registry
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import ImageData
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo_data.imagefolder import CACHE_FORMAT, cached_tensors, check_splits_agree, decode_images, is_image_file, load_split
 
 CIFAR10_JPG_ENV = "KDZOO_CIFAR10_JPG"

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import ImageData
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 
 # torchvision's ImageFolder extensions, matched case-insensitively as it does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import kdzoo_data
-from kdzoo.plugins import PluginHost, PluginInfo, new_manager, register_plugin
-from kdzoo.registry import Registry
+from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
+from kdzoo.host.registry import Registry
 from kdzoo_data import CutoutParams, PaperWeakParams, RandAugmentParams, WeakParams
 from kdzoo_data.augment import build_cutout, build_paper_weak, build_randaugment, build_weak
 

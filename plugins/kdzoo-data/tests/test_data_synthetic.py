@@ -10,8 +10,8 @@ import torch
 from pydantic import ValidationError
 
 import kdzoo_data
-from kdzoo.plugins import PluginHost, PluginInfo, new_manager, register_plugin
-from kdzoo.registry import Registry
+from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
+from kdzoo.host.registry import Registry
 from kdzoo_data import SHAPE_KINDS, SyntheticShapesParams
 from kdzoo_data.synthetic import SHAPE_TESTS, build_synthetic_shapes, render_shapes
 

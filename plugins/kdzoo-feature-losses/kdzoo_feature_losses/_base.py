@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from kdzoo.api import DistillBatch, Loss, ModelOutputs, Network, SetupContext
-from kdzoo.connectors import as_embedding, as_feature_map, embedding_shape, feature_map_shape
+from kdzoo.api.connectors import as_embedding, as_feature_map, embedding_shape, feature_map_shape
 
 DefaultTaps = Literal["last_stage", "all_stages", "embedding"]
 FeatureKind = Literal["map", "embedding", "any"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import Network, SetupContext
-from kdzoo.connectors import make_connector
+from kdzoo.api.connectors import make_connector
 from kdzoo_feature_losses import ABParams, OFDParams
 from kdzoo_feature_losses._base import LayerPair, LayerwiseLoss
 from kdzoo_feature_losses._math import gaussian_negative_margin

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import DistillBatch, SetupContext
-from kdzoo.connectors import make_connector
+from kdzoo.api.connectors import make_connector
 from kdzoo_feature_losses import FSPParams, ICKDParams, KDSVDParams
 from kdzoo_feature_losses._base import LayerPair, LayerwiseLoss, TappedLoss, describe_shape
 from kdzoo_feature_losses._math import (

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import SetupContext
-from kdzoo.connectors import as_feature_map, feature_map_shape, make_connector
+from kdzoo.api.connectors import as_feature_map, feature_map_shape, make_connector
 from kdzoo_feature_losses import FitNetParams, SimKDParams
 from kdzoo_feature_losses._base import LayerPair, LayerwiseLoss, describe_shape
 from kdzoo_feature_losses._math import pool_to_common_size

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from kdzoo.api import DistillBatch, Loss, ModelOutputs, Network, SetupContext
-from kdzoo.plugins import load_plugins
+from kdzoo.host.loading import load_plugins
 
 @pytest.fixture(scope="session")
 def host():
@@ -162,7 +162,7 @@ def harness(host):
 
 # --------------------------------------------------------------------------- known connector weights
 def set_identity_conv_connector(connector: nn.Module) -> None:
-    """Make a kdzoo.connectors.ConvConnector (square 1x1 conv + BN) compute the identity in eval mode."""
+    """Make a kdzoo.api.connectors.ConvConnector (square 1x1 conv + BN) compute the identity in eval mode."""
     channels = connector.conv.weight.shape[0]
     with torch.no_grad():
         connector.conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))

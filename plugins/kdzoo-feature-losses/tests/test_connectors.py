@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from kdzoo.connectors import (
+from kdzoo.api.connectors import (
     ConvConnector,
     as_embedding,
     as_feature_map,

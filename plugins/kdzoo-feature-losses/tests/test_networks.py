@@ -12,7 +12,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from kdzoo.api import Loss
-from kdzoo.connectors import count_parameters
+from kdzoo.api.connectors import count_parameters
 from kdzoo_feature_losses import LOSSES
 
 NAMES = sorted(LOSSES)

@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from kdzoo.api import DistillBatch, Loss, ModelOutputs
-from kdzoo.plugins import load_plugins
+from kdzoo.host.loading import load_plugins
 
 B, K = 4, 5
 TARGETS = torch.tensor([0, 3, 1, 4])

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import Network
-from kdzoo.errors import KdzooError
-from kdzoo.taps import tapped
+from kdzoo.api import KdzooError
+from kdzoo.api.taps import tapped
 
 METHODS = ("cam", "cam-predicted", "gradcam", "rollout", "cls-attention")
 NORMALISE_EPS = 1e-8  # the authors' guard against a constant map

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric, Network
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo_metrics.attention import attention_maps, binary_masks, mask_overlap, required_taps, resolve_method
 from kdzoo_metrics.roles import pair_key, role_key, role_pairs
 from kdzoo_metrics.tally import Tally

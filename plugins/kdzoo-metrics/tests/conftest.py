@@ -14,7 +14,7 @@ from kdzoo.api import EvalBatch, Metric
 @pytest.fixture(scope="session")
 def metrics_host():
     """A plugin host that loads only this plugin (as the brief's allow-list does)."""
-    from kdzoo.plugins import ALLOW_LIST_ENV, load_plugins
+    from kdzoo.host.loading import ALLOW_LIST_ENV, load_plugins
 
     before = os.environ.get(ALLOW_LIST_ENV)
     os.environ[ALLOW_LIST_ENV] = "kdzoo-metrics"

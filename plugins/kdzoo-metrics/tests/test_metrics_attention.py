@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdzoo.api import CamHead, Network
-from kdzoo.taps import tapped
+from kdzoo.api.taps import tapped
 from kdzoo_metrics.attention import (
     attention_maps,
     attention_rollout,

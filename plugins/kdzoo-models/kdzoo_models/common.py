@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 
 PROBE_SEED = 0
 

@@ -20,7 +20,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from kdzoo.api import IMAGENET_MEAN, IMAGENET_STD, Network
-from kdzoo.errors import KdzooError, did_you_mean
+from kdzoo.api import KdzooError, did_you_mean
 from kdzoo_models import HfParams
 from kdzoo_models.common import (
     first_producer,
@@ -164,7 +164,7 @@ def hf_taps(body: nn.Module, resolution: int) -> dict[str, Any]:
         embedding = last_producer(records, classifier.input)
     if embedding is None and stages:
         # HF ViTs slice the class token outside any module: tap the last block's tokens
-        # (kdzoo.connectors.as_embedding takes the class token of a (B, N, D) tap).
+        # (kdzoo.api.connectors.as_embedding takes the class token of a (B, N, D) tap).
         embedding = stages[-1]
 
     return {

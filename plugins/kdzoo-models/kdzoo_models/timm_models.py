@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from kdzoo.api import IMAGENET_MEAN, IMAGENET_STD, CamHead, Network
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo_models import TimmParams
 from kdzoo_models.common import (
     gap_linear_matches,

@@ -11,13 +11,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from kdzoo.checkpoint import MODEL_FILE
-from kdzoo.errors import KdzooError
+from kdzoo.api import BODY_PREFIX, LOSSES_PREFIX, MODEL_FILE, KdzooError
 
-# kdzoo checkpoints store Network.state_dict() ("body.") beside the tensors of the
-# distillation losses ("losses."), which belong to no model.
-KDZOO_MODEL_PREFIX = "body."
-KDZOO_OTHER_PREFIXES = ("losses.",)
+# kdzoo checkpoints store the model body (BODY_PREFIX) beside the tensors of the
+# distillation losses (LOSSES_PREFIX), which belong to no model.
 # DataParallel / DDP training scripts save every key under "module.".
 DATA_PARALLEL_PREFIX = "module."
 NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -67,10 +64,10 @@ def _unnest(loaded: object, file: Path) -> dict[str, Tensor]:
 def model_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The body's tensors: unwraps kdzoo checkpoints ('body.' + 'losses.') and 'module.' prefixes."""
     keys = list(state)
-    if any(k.startswith(KDZOO_MODEL_PREFIX) for k in keys) and all(
-        k.startswith((KDZOO_MODEL_PREFIX, *KDZOO_OTHER_PREFIXES)) for k in keys
+    if any(k.startswith(BODY_PREFIX) for k in keys) and all(
+        k.startswith((BODY_PREFIX, LOSSES_PREFIX)) for k in keys
     ):
-        state = {k[len(KDZOO_MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(KDZOO_MODEL_PREFIX)}
+        state = {k[len(BODY_PREFIX) :]: v for k, v in state.items() if k.startswith(BODY_PREFIX)}
     if state and all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         state = {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in state.items()}
     return state

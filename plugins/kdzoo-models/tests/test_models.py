@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from kdzoo.errors import KdzooError
-from kdzoo.plugins import load_plugins
+from kdzoo.host.loading import load_plugins
 
 TINY_VIT_TIMM = {"arch": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "kwargs": {"depth": 2}}
 TINY_VIT_HF = {
@@ -106,7 +106,7 @@ def test_hook_module_registers_all_components_without_importing_torch():
     code = (
         "import os, sys\n"
         "os.environ['KDZOO_LOAD_PLUGINS'] = 'kdzoo-models'\n"
-        "from kdzoo.plugins import load_plugins\n"
+        "from kdzoo.host.loading import load_plugins\n"
         "registry = load_plugins().registry\n"
         "assert not registry.failures, registry.failures\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'transformers') if m in sys.modules)\n"

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import ImageData
-from kdzoo.registry import Registry
+from kdzoo.host.build import build_dataset
+from kdzoo.host.registry import Registry
 from kdzoo.spec import DataSpec
 
 CACHE_ENV = "KDZOO_CACHE"
@@ -48,7 +49,7 @@ def load_data(spec: DataSpec, registry: Registry, seed: int = 0) -> ImageData:
     key = spec.model_dump_json()
     if key in _LOADED:
         return _LOADED[key]
-    data: ImageData = registry.build("dataset", spec.name, spec.params, seed=seed, cache_dir=cache_dir())
+    data = build_dataset(registry, spec.name, spec.params, seed=seed, cache_dir=cache_dir())
     train = _subset(data.train_images, data.train_labels, data.train_masks, spec.train_limit, 1)
     test = _subset(data.test_images, data.test_labels, data.test_masks, spec.test_limit, 2)
     data = ImageData(*train[:2], *test[:2], classes=data.classes, train_masks=train[2], test_masks=test[2], name=data.name or spec.name)

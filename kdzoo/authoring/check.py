@@ -14,7 +14,7 @@ plugin API stops there):
    ``weights_only=True``): kdzoo's security model, see docs/plugins.md;
 5. every component registers: a name unique among this and the other installed
    plugins, a description, a pydantic params model that forbids unknown keys and
-   whose defaults validate (via :func:`kdzoo.registry.make_register`);
+   whose defaults validate (via :func:`kdzoo.host.registry.make_register`);
 6. a smoke run of every component with its default params on tiny inputs (the
    helpers of :mod:`kdzoo.testing`): see the ``_smoke_*`` functions.
 """
@@ -40,11 +40,12 @@ from typing import Any
 import pluggy
 from pydantic import ValidationError
 
-from kdzoo import PLUGIN_API_VERSION, hookspecs
-from kdzoo.catalogue import normalise
+from kdzoo import PLUGIN_API_VERSION
+from kdzoo.host import hookspecs
+from kdzoo.authoring.catalogue import normalise
 from kdzoo.errors import KdzooError, PluginError, did_you_mean
-from kdzoo.plugins import load_plugins, new_manager, plugin_entry_points, required_api
-from kdzoo.registry import Component, Registry, make_register
+from kdzoo.host.loading import load_plugins, new_manager, plugin_entry_points, required_api
+from kdzoo.host.registry import Component, Registry, make_register
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 

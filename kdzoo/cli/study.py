@@ -1,7 +1,7 @@
 """Study commands of the ``kdzoo`` CLI: ``report`` (tables, findings, plots of finished runs)
-and ``affinity`` (augmentation strength of each policy). ``kdzoo.cli`` attaches ``COMMANDS``.
+and ``affinity`` (augmentation strength of each policy), attached through ``register_commands``.
 
-Implementations live in :mod:`kdzoo.report` and :mod:`kdzoo.affinity`, imported inside the
+Implementations live in :mod:`kdzoo.study.report` and :mod:`kdzoo.study.affinity`, imported inside the
 commands so that ``kdzoo --help`` stays fast.
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+from kdzoo import hookimpl
+from kdzoo.cli.common import load_host_with_warnings
 
 
 def _names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -27,7 +30,7 @@ def report(run_dir: Path, out_dir: Path | None, strong: str | None, weak: str | 
     Arms that differ only by seed are grouped: mean and spread over seeds. Writes
     study.csv, study.md and PNG plots, and prints the table and the findings.
     """
-    from kdzoo import report as study
+    from kdzoo.study import report as study
 
     result = study.build_report(
         run_dir,
@@ -59,8 +62,7 @@ def affinity(source: Path, policies: tuple[str, ...], out_dir: Path | None, seed
     SPEC_OR_CHECKPOINT is a train spec (trained first, with augmentation forced to
     'none') or a kdzoo checkpoint (a run dir, .safetensors or its .json).
     """
-    from kdzoo import affinity as aff
-    from kdzoo.cli import load_host_with_warnings
+    from kdzoo.study import affinity as aff
 
     host = load_host_with_warnings()
     chosen = aff.parse_policies(list(policies), host.registry)  # fail on a typo before training
@@ -71,4 +73,7 @@ def affinity(source: Path, policies: tuple[str, ...], out_dir: Path | None, seed
     click.echo(f"wrote {', '.join(str(p) for p in files)}")
 
 
-COMMANDS = [report, affinity]
+@hookimpl
+def register_commands(cli):
+    for command in (report, affinity):
+        cli.add_command(command)

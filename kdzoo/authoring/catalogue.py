@@ -23,7 +23,7 @@ CATALOGUE_ENV = "KDZOO_CATALOGUE"
 CATALOGUE_FILE = "registry.yaml"
 DISTRIBUTION_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"  # PEP 508 project names
 
-# Kept literal (not imported from kdzoo.hookspecs.KINDS) so the schema shows the choices.
+# Kept literal (not imported from kdzoo.host.hookspecs.KINDS) so the schema shows the choices.
 Kind = Literal["model", "dataset", "augmentation", "loss", "metric"]
 
 
@@ -128,7 +128,7 @@ def default_path() -> Path:
     override = os.environ.get(CATALOGUE_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / CATALOGUE_FILE
+    return Path(__file__).resolve().parents[2] / CATALOGUE_FILE
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:

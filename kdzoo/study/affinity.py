@@ -19,14 +19,18 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kdzoo import rundir
+from kdzoo.api.keys import TRAIN_ROLE, role_key
+from kdzoo.host.build import build_augmentation, build_metric
+from kdzoo.spec.defaults import DEFAULTS
 from kdzoo.errors import KdzooError, SpecError
-from kdzoo.plugins import PluginHost
+from kdzoo.host.loading import PluginHost
 from kdzoo.spec import AugmentationRef, TrainSpec, describe_error, load_spec, validate_spec
 from kdzoo.tables import markdown_table
 
 Log = Callable[[str], None]
-ROLE = "model"  # the role name of a train run's model in metric keys
-CLEAN_POLICY = "none"
+ROLE = TRAIN_ROLE
+CLEAN_POLICY = DEFAULTS["clean_augmentation"]
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,7 @@ def parse_policies(texts: list[str], registry) -> list[Policy]:
 
 # ----------------------------------------------------------------------------- the model
 def is_checkpoint(path: Path) -> bool:
-    from kdzoo import checkpoint as ckpt
-
-    if path.is_dir() or path.suffix == ".safetensors":
-        return True
-    if path.suffix == ".json" and path.is_file():
-        try:
-            return json.loads(path.read_text()).get("format") == ckpt.FORMAT
-        except (json.JSONDecodeError, AttributeError):
-            return False
-    return False
+    return rundir.is_checkpoint_file(path)
 
 
 def clean_train_spec(path: Path, registry) -> TrainSpec:
@@ -121,11 +116,10 @@ def clean_model(source: Path, host: PluginHost, out_dir: Path | None, log: Log, 
     a train spec is trained without augmentation into ``<out>/model`` (output default:
     ``OUTPUT_DIR/<name>-affinity``), or reused from there when it already finished.
     """
-    from kdzoo import checkpoint as ckpt
-    from kdzoo.runner import is_complete, run_single
+    from kdzoo.run.runner import run_single
 
     if is_checkpoint(source):
-        weights, manifest = ckpt.resolve_checkpoint(source)
+        weights, manifest = rundir.resolve_checkpoint(source)
         try:
             spec = validate_spec(manifest["spec"], host.registry, str(weights))
         except (KeyError, SpecError) as exc:
@@ -139,11 +133,11 @@ def clean_model(source: Path, host: PluginHost, out_dir: Path | None, log: Log, 
     spec = clean_train_spec(source, host.registry)
     out_dir = out_dir or Path(spec.output_dir) / f"{spec.name or 'run'}-affinity"
     model_dir = out_dir / "model"
-    if is_complete(model_dir):
+    if rundir.is_finished(model_dir):
         log(f"reusing the model trained without augmentation in {model_dir}")
     else:
         log(f"training {spec.model.name} without augmentation -> {model_dir}")
-        run_single(spec, host, model_dir, resume=(model_dir / "state").exists(), log=log, progress=progress)
+        run_single(spec, host, model_dir, resume=rundir.has_state(model_dir), log=log, progress=progress)
     return model_dir, spec, out_dir
 
 
@@ -152,8 +146,10 @@ def measure_affinity(checkpoint: Path, spec: TrainSpec, host: PluginHost, polici
     """Clean and augmented test top-1 of the checkpoint for each policy (same seed for each)."""
     import torch
 
-    from kdzoo.data import load_data
-    from kdzoo.engine import Evaluator, load_teacher, select_runtime, wants_channels_last
+    from kdzoo.run.data import load_data
+    from kdzoo.run.evaluator import Evaluator
+    from kdzoo.run.runtime import select_runtime, wants_channels_last
+    from kdzoo.run.teachers import load_teacher
 
     registry = host.registry
     runtime = select_runtime(spec)
@@ -165,14 +161,16 @@ def measure_affinity(checkpoint: Path, spec: TrainSpec, host: PluginHost, polici
         network.to(memory_format=torch.channels_last)
     evaluator = Evaluator(runtime, {ROLE: network}, {ROLE: channels_last}, (), ROLE)
 
+    metric_ref = DEFAULTS["affinity_metric"]
+
     def top1(augmentation=None) -> float:
-        accuracy = registry.build("metric", "accuracy", {"topk": [1]})
+        accuracy = (registry.get("metric", metric_ref["name"]), build_metric(registry, metric_ref["name"], metric_ref["params"]))
         found = evaluator.run("test", data.test_images, data.test_labels, None, [accuracy], augmentation, aug_seed=seed)
-        return float(found[f"top1/{ROLE}"])
+        return float(found[role_key("top1", ROLE)])
 
     clean = top1()
     return [
-        PolicyAffinity(p.label, clean, top1(registry.build("augmentation", p.ref.name, p.ref.params)))
+        PolicyAffinity(p.label, clean, top1(build_augmentation(registry, p.ref.name, p.ref.params)))
         for p in policies
     ]
 

@@ -1,7 +1,7 @@
 """The plugin commands of the ``kdzoo`` CLI: ``plugins`` (list, ``check``, ``new``),
 ``install`` and ``uninstall``.
 
-The main CLI attaches ``plugins``, ``install`` and ``uninstall``. Imports stay inside the
+Attached to the main CLI through ``register_commands``, as plugins attach theirs. Imports stay inside the
 commands: listing plugins must not import torch (only ``plugins check`` runs components).
 Installing is pip in the interpreter that runs kdzoo (``sys.executable -m pip``), so
 a plugin always lands where this kdzoo will find it.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from kdzoo import hookimpl
 from kdzoo.errors import KdzooError, did_you_mean
 
 
@@ -64,8 +65,8 @@ def _describe_params(params) -> dict:
 def installed_plugins() -> dict[str, list[dict]]:
     """``{"plugins": [...], "failed": [...]}``: what ``kdzoo plugins --json`` prints. Each
     component comes with its description, default params and params JSON schema."""
-    from kdzoo.hookspecs import KINDS
-    from kdzoo.plugins import get_host
+    from kdzoo.host.hookspecs import KINDS
+    from kdzoo.host.loading import get_host
 
     host = get_host()
     listed = []
@@ -136,7 +137,7 @@ def _count(number: int, kind: str) -> str:
 def _show_available(as_json: bool, verbose: bool) -> None:
     import importlib.metadata as md
 
-    from kdzoo.catalogue import load_catalogue
+    from kdzoo.authoring.catalogue import load_catalogue
 
     catalogue = load_catalogue()
     rows = []
@@ -172,7 +173,7 @@ def check(ctx: click.Context, target: str, as_json: bool) -> None:
     name or an importable module. Each component runs once on tiny inputs with its
     default params. Exits with status 1 when a check fails.
     """
-    from kdzoo.plugin_check import check_plugin
+    from kdzoo.authoring.check import check_plugin
 
     report = check_plugin(target)
     click.echo(report.to_json() if as_json else report.to_text())
@@ -193,8 +194,8 @@ def new(name: str, root: Path | None) -> None:
     """
     import importlib.metadata as md
 
-    from kdzoo.plugins import get_host
-    from kdzoo.scaffold import create_plugin, plugin_names
+    from kdzoo.host.loading import get_host
+    from kdzoo.authoring.scaffold import create_plugin, plugin_names
 
     names = plugin_names(name)
     try:
@@ -226,7 +227,7 @@ def new(name: str, root: Path | None) -> None:
 def resolve_requirement(target: str, *, editable: bool = False, pypi: bool = False) -> str:
     """What ``kdzoo install TARGET`` hands to pip; user mistakes raise KdzooError."""
     from kdzoo import __version__
-    from kdzoo.catalogue import is_local_requirement, is_url, load_catalogue
+    from kdzoo.authoring.catalogue import is_local_requirement, is_url, load_catalogue
 
     if is_url(target):
         return target
@@ -275,7 +276,7 @@ def _run_pip(arguments: list[str]) -> None:
     status = subprocess.run(command).returncode
     if status != 0:
         raise KdzooError(f"pip exited with status {status} (its output is above)")
-    from kdzoo.plugins import reset_host
+    from kdzoo.host.loading import reset_host
 
     reset_host()  # the next look at the plugins in this process sees the change
 
@@ -306,9 +307,9 @@ def installed_distribution(name: str) -> str:
     """The distribution ``kdzoo uninstall NAME`` removes: NAME as a distribution or a plugin name."""
     import importlib.metadata as md
 
-    from kdzoo.catalogue import normalise
-    from kdzoo.hookspecs import ENTRY_POINT_GROUP
-    from kdzoo.plugins import plugin_entry_points
+    from kdzoo.authoring.catalogue import normalise
+    from kdzoo.host.hookspecs import ENTRY_POINT_GROUP
+    from kdzoo.host.loading import plugin_entry_points
 
     if normalise(name) == "kdzoo":
         raise KdzooError("kdzoo does not uninstall itself; use `python -m pip uninstall kdzoo`")
@@ -339,3 +340,9 @@ def uninstall(name: str, yes: bool) -> None:
     """Uninstall plugin NAME (a distribution or plugin name) with pip."""
     distribution = installed_distribution(name)
     _run_pip(["uninstall", distribution, *(["-y"] if yes else [])])
+
+
+@hookimpl
+def register_commands(cli):
+    for command in (plugins, install, uninstall):
+        cli.add_command(command)

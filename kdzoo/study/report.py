@@ -28,11 +28,11 @@ from typing import Any
 import yaml
 
 from kdzoo.errors import KdzooError
-from kdzoo.runner import SPEC_FILE, SUMMARY_FILE
+from kdzoo import rundir
+from kdzoo.api.keys import ENSEMBLE
+from kdzoo.rundir import METRICS_FILE, SPEC_FILE, SUMMARY_FILE
 from kdzoo.tables import fmt, markdown_table
 
-METRICS_FILE = "metrics.jsonl"
-ENSEMBLE = "ensemble"  # the teachers' mean-logit role in metric keys
 
 # Policy names as the study classes them; `kdzoo report --strong/--weak` overrides these.
 STRONG_POLICIES = ("strong", "paper-strong", "randaugment", "autoaugment")
@@ -73,7 +73,7 @@ class Arm:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / SUMMARY_FILE).is_file() and (path / SPEC_FILE).is_file()
+    return rundir.is_finished(path)
 
 
 def read_arm(path: Path, name: str | None = None) -> Arm:
@@ -174,10 +174,8 @@ class TeacherIndex:
     def manifest(self, arm: Arm, role: str) -> dict[str, Any]:
         source = arm.summary["teachers"][role].get("checkpoint", "")
         if source not in self.manifests:
-            from kdzoo import checkpoint as ckpt
-
             try:
-                _, self.manifests[source] = ckpt.resolve_checkpoint(source)
+                _, self.manifests[source] = rundir.resolve_checkpoint(source)
             except KdzooError:
                 self.manifests[source] = {}  # moved or deleted: the arm's own figures still serve
         return self.manifests[source]

@@ -197,7 +197,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from kdzoo.plugin_check import check_plugin
+from kdzoo.authoring.check import check_plugin
 from kdzoo.testing import isolated_host, make_distill_batch, tiny_network_pair
 
 import $module

@@ -1,6 +1,6 @@
 """Renders docs/spec.md from the spec models, so the reference cannot drift from the code.
 
-Regenerate with ``python -m kdzoo.specdoc > docs/spec.md`` (a test checks it is current).
+Regenerate with ``python -m kdzoo.spec.doc > docs/spec.md`` (a test checks it is current).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ Inline teachers inherit `data`, `device`, `precision`, `channels_last`, `threads
 seed `1000 * seed + index + 1` unless they set one, and are trained once per content
 (cached in `OUTPUT_DIR/teachers/`).
 
-This page is generated from the code (`python -m kdzoo.specdoc`).
+This page is generated from the code (`python -m kdzoo.spec.doc`).
 """
 
 

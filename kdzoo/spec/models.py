@@ -8,15 +8,9 @@ temperature before a single tensor is allocated.
 
 from __future__ import annotations
 
-import copy
-import typing
-import itertools
-import json
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,8 +22,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kdzoo.errors import KdzooError, SpecError, did_you_mean
-from kdzoo.registry import Registry
+from kdzoo import rundir
+from kdzoo.errors import KdzooError, did_you_mean
+from kdzoo.host.registry import Registry
+from kdzoo.spec.defaults import DEFAULTS
+from kdzoo.spec.describe import describe_error
 
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"  # run and teacher names: file names, metric keys
 
@@ -62,12 +59,7 @@ class ComponentRef(StrictModel):
     def _known_component(cls, name: str, info: ValidationInfo) -> str:
         registry = _registry(info)
         if registry is not None and (cls.kind, name) not in registry.components:
-            available = registry.names(cls.kind)
-            raise PydanticCustomError(
-                "unknown_component",
-                "unknown {kind} '{name}'{hint}; available: {available}",
-                {"kind": cls.kind, "name": name, "hint": did_you_mean(name, available), "available": ", ".join(available) or "none"},
-            )
+            raise PydanticCustomError("unknown_component", "{message}", {"message": registry.unknown(cls.kind, name)})
         return name
 
     @field_validator("params")
@@ -116,7 +108,7 @@ class LossTerm(ComponentRef):
 
 class DataSpec(ComponentRef):
     kind: ClassVar[str] = "dataset"
-    name: str = "synthetic-shapes"
+    name: str = DEFAULTS["dataset"]
     train_limit: int | None = Field(None, gt=0, description="use a fixed random subset of this many training images")
     test_limit: int | None = Field(None, gt=0, description="use a fixed random subset of this many test images")
 
@@ -165,9 +157,12 @@ class RunSpec(StrictModel):
     channels_last: bool | None = Field(None, description="None: on for CNNs")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
-    metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name="accuracy")], description="metric components evaluated on each split")
+    metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name=n) for n in DEFAULTS["train_metrics"]], description="metric components evaluated on each split")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="which splits, how often")
     output_dir: Path = Field(Path("runs"), description="where run directories and the teacher cache go")
+    plugins: list[str] = Field(
+        default_factory=list, description="plugin files (.py) this spec uses, relative to the spec file (loaded like installed plugins)"
+    )
     matrix: dict[str, list[Any]] | None = Field(
         None, description="dotted path -> values; the spec expands into the product of all values"
     )
@@ -186,12 +181,12 @@ class TrainSpec(RunSpec):
 
     kind: Literal["train"] = "train"
     model: ModelRef = Field(description="the model to train")
-    augmentation: AugmentationRef = Field(default_factory=lambda: AugmentationRef(name="weak"), description="training augmentation policy")
-    losses: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")], min_length=1, description="weighted loss terms")
+    augmentation: AugmentationRef = Field(default_factory=lambda: AugmentationRef(name=DEFAULTS["augmentation"]), description="training augmentation policy")
+    losses: list[LossTerm] = Field(default_factory=lambda: [LossTerm(**t) for t in DEFAULTS["train_losses"]], min_length=1, description="weighted loss terms")
 
 
 # Fields an inline teacher takes from its distill spec unless it sets them itself.
-INHERITED_BY_TEACHERS = ("data", "device", "precision", "channels_last", "threads", "batch_size", "output_dir")
+INHERITED_BY_TEACHERS = ("data", "device", "precision", "channels_last", "threads", "batch_size", "output_dir", "plugins")
 
 
 class TeacherSpec(StrictModel):
@@ -214,10 +209,8 @@ class TeacherSpec(StrictModel):
         if (self.checkpoint is None) == (self.train is None):
             raise PydanticCustomError("teacher_source", "a teacher needs exactly one of 'checkpoint' or 'train'", {})
         if self.checkpoint is not None:
-            from kdzoo.checkpoint import resolve_checkpoint  # reads the manifest only: no torch
-
             try:
-                resolve_checkpoint(self.checkpoint)
+                rundir.resolve_checkpoint(self.checkpoint)  # reads the manifest only: no torch
             except KdzooError as exc:
                 raise PydanticCustomError("checkpoint", "checkpoint: {problem}", {"problem": str(exc)}) from None
         return self
@@ -233,16 +226,16 @@ class DistillSpec(RunSpec):
     kind: Literal["distill"] = "distill"
     student: StudentSpec = Field(description="the model being distilled")
     teachers: list[TeacherSpec] = Field(min_length=1, description="one or more teachers (checkpoint or inline train spec)")
-    augmentation: AugmentationRef = Field(default_factory=lambda: AugmentationRef(name="weak"), description="the student's augmentation (and the teachers', with shared views)")
+    augmentation: AugmentationRef = Field(default_factory=lambda: AugmentationRef(name=DEFAULTS["augmentation"]), description="the student's augmentation (and the teachers', with shared views)")
     losses: list[LossTerm] = Field(
-        default_factory=lambda: [LossTerm(name="ce", weight=0.6), LossTerm(name="kd", weight=0.4, params={"temperature": 3.0})],
+        default_factory=lambda: [LossTerm(**t) for t in DEFAULTS["distill_losses"]],
         min_length=1,
         description="weighted loss terms (default: the study's 0.6 CE + 0.4 KD at T=3)",
     )
     teacher_views: Literal["shared", "own"] = Field(
         "shared", description="shared: teachers see the student's augmented batch (the study); own: each its own augmentation"
     )
-    metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name="accuracy"), MetricRef(name="fidelity")], description="metric components evaluated on each split")
+    metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name=n) for n in DEFAULTS["distill_metrics"]], description="metric components evaluated on each split")
 
     @field_validator("teachers")
     @classmethod
@@ -256,191 +249,3 @@ class DistillSpec(RunSpec):
 
 SPEC_KINDS: dict[str, type[RunSpec]] = {"train": TrainSpec, "distill": DistillSpec}
 AnySpec = TrainSpec | DistillSpec
-
-
-# ----------------------------------------------------------------------------- loading
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec model class found by following ``loc`` from ``model`` (list indices skipped)."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        candidates = [field.annotation]
-        found = None
-        while candidates:
-            tp = candidates.pop()
-            if isinstance(tp, type) and issubclass(tp, BaseModel):
-                found = tp
-                break
-            candidates.extend(typing.get_args(tp))
-        if found is None:
-            return None
-        model = found
-    return model
-
-
-def describe_error(error: dict[str, Any], prefix: str, root: type[BaseModel] | None = None) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
-    where = ".".join(p for p in (prefix, loc) if p) or "(top level)"
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(root, tuple(error["loc"][:-1])) if root else None
-        allowed = sorted(parent.model_fields) if parent else []
-        key = str(error["loc"][-1])
-        message = f"unknown key '{key}'{did_you_mean(key, allowed)}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-        return f"{where}: {message}"
-    if error["type"] not in {"unknown_component", "bad_params", "missing"} and "input" in error:
-        shown = json.dumps(error["input"], default=str)
-        message += f" (got {shown if len(shown) < 80 else shown[:77] + '...'})"
-    if error["type"] == "missing":
-        message = "required field is missing"
-    return f"{where}: {message}"
-
-
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise KdzooError(f"spec file not found: {path}")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), [f"cannot parse {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise SpecError(str(path), [f"(top level): a spec is a mapping of keys, got {type(data).__name__}"])
-    data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem) if path.stem[:1].isalpha() else None)
-    return data
-
-
-def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested dicts/lists, creating dicts on the way."""
-    parts = dotted.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise KdzooError(f"'{dotted}': '{part}' is not an index of a list of {len(node)}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise KdzooError(f"'{dotted}': cannot set '{part}' inside a {type(node).__name__}")
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``--set key.path=value`` (value parsed as YAML: numbers, lists, booleans)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise KdzooError(f"--set expects key.path=value, got '{item}'")
-        set_path(data, key.strip(), yaml.safe_load(raw))
-    return data
-
-
-def validate_spec(data: dict[str, Any], registry: Registry | None, source: str = "spec") -> AnySpec:
-    """Validate one (already expanded) spec dict; raises SpecError listing every problem."""
-    kind = data.get("kind", "distill" if "teachers" in data else "train")
-    if kind not in SPEC_KINDS:
-        hint = did_you_mean(str(kind), SPEC_KINDS)
-        raise SpecError(source, [f"kind: unknown run kind '{kind}'{hint}; allowed: {', '.join(SPEC_KINDS)}"])
-    model = SPEC_KINDS[kind]
-    try:
-        spec = model.model_validate({**data, "kind": kind}, context={"registry": registry})
-    except ValidationError as exc:
-        raise SpecError(source, [describe_error(err, prefix="", root=model) for err in exc.errors()]) from None
-    if isinstance(spec, DistillSpec):
-        _inherit_teacher_defaults(spec)
-    return spec
-
-
-def _inherit_teacher_defaults(spec: DistillSpec) -> None:
-    for index, teacher in enumerate(spec.teachers):
-        if teacher.train is None:
-            continue
-        for field in INHERITED_BY_TEACHERS:
-            if field not in teacher.train.model_fields_set:
-                setattr(teacher.train, field, copy.deepcopy(getattr(spec, field)))
-        if "seed" not in teacher.train.model_fields_set:
-            # Distinct teachers of one run differ by seed; a run's seed moves them all.
-            teacher.train.seed = spec.seed * 1000 + index + 1
-        teacher.train.name = teacher.train.name or teacher.name
-
-
-def expand_matrix(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One spec with ``matrix:`` -> [(arm name, spec dict)] over the product of its values."""
-    matrix = data.get("matrix")
-    base = {k: v for k, v in data.items() if k != "matrix"}
-    if not matrix:
-        return [(data.get("name") or "run", base)]
-    if not isinstance(matrix, dict):
-        return [(data.get("name") or "run", data)]  # validation reports the bad matrix
-    paths = list(matrix)
-    arms = []
-    for values in itertools.product(*(matrix[p] if isinstance(matrix[p], list) else [matrix[p]] for p in paths)):
-        arm = copy.deepcopy(base)
-        for path, value in zip(paths, values):
-            set_path(arm, path, copy.deepcopy(value))
-        arm_name = "_".join(_slug(p, v) for p, v in zip(paths, values))
-        arm_name = arm_name if arm_name[:1].isalpha() else f"arm-{arm_name}"
-        arm["name"] = arm_name
-        arms.append((arm_name, arm))
-    return arms
-
-
-def _slug(path: str, value: Any) -> str:
-    """Short readable arm-name part for one matrix value."""
-    leaf = path.split(".")[-1]
-    if isinstance(value, dict) and "name" in value:
-        text = str(value["name"])
-    elif isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
-        text = "-".join(str(v["name"]) for v in value)
-    elif isinstance(value, (dict, list)):
-        text = f"{len(value)}"
-    else:
-        text = f"{leaf}{value}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-    return re.sub(r"[^A-Za-z0-9.-]", "-", text.replace("e+", "e"))  # 1e+30 -> 1e30, not 1e-30
-
-
-def load_spec(
-    path: str | Path, registry: Registry | None, overrides: list[str] | None = None
-) -> tuple[dict[str, Any], list[tuple[str, AnySpec]]]:
-    """Read, override, expand and validate a spec file.
-
-    Returns the raw (overridden) dict and the validated runs: one for a plain spec,
-    one per arm for a spec with ``matrix:``. Every arm is validated before any runs.
-    """
-    data = apply_overrides(read_spec_file(path), overrides or [])
-    arms = expand_matrix(data)
-    problems: list[str] = []
-    runs: list[tuple[str, AnySpec]] = []
-    if data.get("matrix") is not None:
-        try:  # the matrix itself (types), without expanding
-            RunSpec.model_validate({"matrix": data["matrix"]})
-        except ValidationError as exc:
-            raise SpecError(str(path), [describe_error(err, prefix="") for err in exc.errors()]) from None
-    for arm_name, arm in arms:
-        try:
-            runs.append((arm_name, validate_spec(arm, registry, str(path))))
-        except SpecError as exc:
-            label = f"[matrix arm {arm_name}] " if data.get("matrix") else ""
-            problems.extend(label + p for p in exc.problems)
-    if problems:
-        raise SpecError(str(path), list(dict.fromkeys(problems)))
-    return data, runs
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON schema of both run kinds (docs/spec.md is generated from it)."""
-    return {kind: model.model_json_schema() for kind, model in SPEC_KINDS.items()}

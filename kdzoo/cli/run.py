@@ -1,0 +1,97 @@
+"""``kdzoo validate``, ``kdzoo run`` and ``kdzoo schema``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from kdzoo import hookimpl
+from kdzoo.cli.common import load_host_with_warnings, plugins_dir_option, set_option
+from kdzoo.errors import KdzooError
+
+
+def _load(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path, ...]):
+    """The host (with the spec's own plugin files and ``--plugins-dir``) and the validated runs."""
+    from kdzoo.spec import load_spec
+    from kdzoo.spec.plugin_files import plugin_files_of
+
+    files = plugin_files_of(spec_path, plugins_dirs)
+    host = load_host_with_warnings(files)
+    data, runs = load_spec(spec_path, host.registry, list(overrides))
+    return host, data, runs
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@set_option
+@plugins_dir_option
+def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path, ...]) -> None:
+    """Validate SPEC (and every matrix arm) without running anything."""
+    _, _, runs = _load(spec_path, overrides, plugins_dirs)
+    kinds = sorted({spec.kind for _, spec in runs})
+    arms = f"{len(runs)} runs ({'/'.join(kinds)})" if len(runs) > 1 else f"one {kinds[0]} run"
+    click.echo(f"{spec_path}: valid, {arms}")
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run directory (default: OUTPUT_DIR/NAME-TIMESTAMP; grids: OUTPUT_DIR/NAME).")
+@set_option
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run from its last complete epoch.")
+@click.option("--arms", "arm_patterns", metavar="GLOB[,GLOB]", help="Grids: run only the arms whose names match (e.g. to split a grid across processes).")
+@plugins_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...], resume_dir: Path | None,
+        arm_patterns: str | None, plugins_dirs: tuple[Path, ...], quiet: bool) -> None:
+    """Train or distil as SPEC says, then print the results table."""
+    from kdzoo.run import runner
+    from kdzoo.run.tables import grid_table, run_table
+
+    progress = True if quiet else None  # tqdm: None = only on a TTY
+    started = time.perf_counter()
+    if resume_dir is not None:
+        if spec_path is not None or overrides:
+            raise KdzooError("--resume takes its spec from the run directory: give no SPEC and no --set")
+        host, spec = runner.resume_host_and_spec(resume_dir, plugins_dirs, load_host_with_warnings)
+        summary = runner.run_single(spec, host, resume_dir, resume=True, log=click.echo, progress=progress)
+        click.echo(run_table(summary))
+        return
+    if spec_path is None:
+        raise click.UsageError("give a SPEC file, or --resume RUN_DIR")
+    host, data, runs = _load(spec_path, overrides, plugins_dirs)
+    plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
+    if plan.grid:
+        click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
+        results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress)
+        click.echo(grid_table(results))
+        if plan.study:
+            from kdzoo.study.report import build_report, findings_markdown
+
+            result = build_report(plan.run_dir, None, log=lambda message: click.echo(message, err=True))
+            click.echo(f"\n{result.table}\n\n{findings_markdown(result.findings)}")
+            click.echo(f"study report: {result.files[0].parent}")
+    else:
+        spec = plan.runs[0][1]
+        click.echo(f"{spec_path}: {spec.kind} run -> {plan.run_dir}")
+        summary = runner.run_single(spec, host, plan.run_dir, log=click.echo, progress=progress)
+        click.echo(run_table(summary))
+    click.echo(f"total time: {time.perf_counter() - started:.1f} s; results in {plan.run_dir}")
+
+
+@click.command()
+@click.option("--kind", type=click.Choice(["train", "distill", "all"]), default="all")
+def schema(kind: str) -> None:
+    """Print the JSON schema of the spec."""
+    from kdzoo.spec import json_schema
+
+    schemas = json_schema()
+    click.echo(json.dumps(schemas if kind == "all" else schemas[kind], indent=2))
+
+
+@hookimpl
+def register_commands(cli):
+    for command in (validate, run, schema):
+        cli.add_command(command)

@@ -1,0 +1,89 @@
+"""Evaluation: every role over a split, streamed through the metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdzoo.api import EvalBatch, Metric, Network
+from kdzoo.api.taps import tapped
+from kdzoo.errors import ComponentError
+from kdzoo.host.build import plugin_code
+from kdzoo.host.registry import Component
+from kdzoo.run.data import batch_indices, in_layout, to_float
+from kdzoo.run.runtime import Runtime
+
+EVAL_BATCH = 512
+
+
+def forward_with_taps(network: Network, images: Tensor, paths: list[str], raw: bool = False) -> tuple[Tensor, dict[str, Any]]:
+    with tapped(network, paths, raw=raw) as features:
+        logits = network(images)
+    return logits, dict(features)
+
+
+class Evaluator:
+    """Runs every role over a split and feeds the metrics (streaming)."""
+
+    def __init__(self, runtime: Runtime, networks: dict[str, Network], channels_last: dict[str, bool], teachers: tuple[str, ...], student: str):
+        self.runtime = runtime
+        self.networks = networks
+        self.channels_last = channels_last
+        self.teachers = teachers
+        self.student = student
+        self._frozen_logits: dict[tuple[str, str], Tensor] = {}  # (split, teacher) -> logits: teachers never change
+
+    def run(self, split: str, images: Tensor, labels: Tensor, masks: Tensor | None, metrics: list[tuple[Component, Metric]], augmentation=None, aug_seed: int = 0) -> dict[str, Any]:
+        taps: dict[str, list[str]] = {}
+        for component, metric in metrics:
+            with plugin_code(component, "reset and taps"):
+                metric.reset()
+                requested = metric.taps(self.networks)
+            for role, paths in requested.items():
+                taps.setdefault(role, []).extend(paths)
+        generator = torch.Generator().manual_seed(aug_seed)
+        cached = {role: self._frozen_logits.get((split, role)) for role in self.teachers if not taps.get(role)}
+        fresh: dict[str, list[Tensor]] = {role: [] for role, logits in cached.items() if logits is None}
+        with torch.no_grad(), self.runtime.autocast():
+            for index in batch_indices(len(labels), EVAL_BATCH, None, drop_last=False):
+                batch_images = images[index]
+                if augmentation is not None:
+                    batch_images = augmentation(batch_images, generator)
+                logits: dict[str, Tensor] = {}
+                features: dict[str, dict[str, Any]] = {}
+                x = to_float(batch_images, self.runtime.device, channels_last=False)  # once per batch
+                for role, network in self.networks.items():
+                    if cached.get(role) is not None:
+                        logits[role] = cached[role][index[0] : index[-1] + 1].to(self.runtime.device)
+                        continue
+                    logits[role], features[role] = forward_with_taps(
+                        network, in_layout(x, self.channels_last[role]), taps.get(role, []), raw=True
+                    )
+                    logits[role] = logits[role].float()
+                    if role in fresh:
+                        fresh[role].append(logits[role].cpu())
+                batch = EvalBatch(
+                    logits=logits,
+                    features=features,
+                    targets=labels[index].to(self.runtime.device),
+                    images=x,
+                    networks=self.networks,
+                    masks=None if masks is None else masks[index].to(self.runtime.device),
+                    teachers=self.teachers,
+                    student=self.student,
+                )
+                for component, metric in metrics:
+                    with plugin_code(component, f"update on the {split} split"):
+                        metric.update(batch)
+        for role, chunks in fresh.items():
+            self._frozen_logits[(split, role)] = torch.cat(chunks)
+        results: dict[str, Any] = {}
+        for component, metric in metrics:
+            with plugin_code(component, f"compute on the {split} split"):
+                figures = metric.compute()
+            if not isinstance(figures, dict):
+                raise ComponentError(f"metric '{component.name}' (plugin '{component.plugin}') returned {type(figures).__name__} from compute, not a dict of figures")
+            results.update(figures)
+        return results

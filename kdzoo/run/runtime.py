@@ -1,0 +1,50 @@
+"""Where and how a run computes: device, threads, bf16 autocast, memory layout."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from kdzoo.api import Network
+from kdzoo.errors import KdzooError
+from kdzoo.spec import AnySpec
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: fp32
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # oneDNN's bf16 kernels need AVX512-BF16 / AMX; elsewhere bf16 emulation is slower than fp32
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def select_runtime(spec: AnySpec) -> Runtime:
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    name = spec.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdzooError(f"device: '{spec.device}' asked for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
+    device = torch.device(name)
+    if spec.precision == "bf16" and not bf16_supported(device):
+        raise KdzooError(f"precision: bf16 is not supported on {device} here; use 'auto' or 'fp32'")
+    use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and bf16_supported(device))
+    return Runtime(device, torch.bfloat16 if use_bf16 else None)
+
+
+def wants_channels_last(spec: AnySpec, network: Network) -> bool:
+    return spec.channels_last if spec.channels_last is not None else network.family == "cnn"

@@ -1,0 +1,75 @@
+"""Resumable training state: the student, the losses and the optimizer after an epoch.
+
+One safetensors file holds the tensors and, in its header, the metadata (epoch, step,
+the optimizer's non-tensor state): one atomic rename commits both, so a kill at any
+moment leaves either the previous epoch's state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo import rundir
+from kdzoo.errors import KdzooError
+from kdzoo.run.checkpoint import load_tensors_with_metadata, save_tensors
+
+STATE_FORMAT = "kdzoo-state/2"
+META_KEY = "kdzoo_state"
+
+
+def state_tensors(network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors = {f"{rundir.STUDENT_PREFIX}{k}": v for k, v in network.state_dict().items()}
+    tensors.update({f"{rundir.LOSSES_PREFIX}{k}": v for k, v in losses.state_dict().items()})
+    optim = optimizer.state_dict()
+    scalar_state: dict[str, dict[str, Any]] = {}
+    for idx, entry in optim["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{rundir.OPTIMIZER_PREFIX}{idx}.{key}"] = value
+            else:
+                scalar_state.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": optim["param_groups"], "scalar_state": scalar_state}
+
+
+def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    tensors, optimizer_meta = state_tensors(network, losses, optimizer)
+    meta = {"format": STATE_FORMAT, "epoch": epoch, "step": step, "optimizer": optimizer_meta}
+    save_tensors(rundir.state_file(run_dir), tensors, metadata={META_KEY: json.dumps(meta)})
+
+
+def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """Restore the last saved epoch; (0, 0) when the run saved none."""
+    path = rundir.state_file(run_dir)
+    if not path.is_file():
+        return 0, 0
+    tensors, header = load_tensors_with_metadata(path)
+    try:
+        meta = json.loads(header[META_KEY])
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {STATE_FORMAT!r}")
+        epoch, step = int(meta["epoch"]), int(meta["step"])
+        optimizer_meta = meta["optimizer"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise KdzooError(f"{path} is not a kdzoo training state ({exc}); remove it to start the run over") from None
+    try:
+        network.load_state_dict(_strip(tensors, rundir.STUDENT_PREFIX))
+        losses.load_state_dict(_strip(tensors, rundir.LOSSES_PREFIX))
+        optim_state: dict[int, dict[str, Any]] = {}
+        for key, value in _strip(tensors, rundir.OPTIMIZER_PREFIX).items():
+            idx, name = key.split(".", 1)
+            optim_state.setdefault(int(idx), {})[name] = value
+        for idx, entry in optimizer_meta["scalar_state"].items():
+            optim_state.setdefault(int(idx), {}).update(entry)
+        optimizer.load_state_dict({"state": optim_state, "param_groups": optimizer_meta["param_groups"]})
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise KdzooError(f"{path} does not match this run's model, losses or optimizer: {exc}") from None
+    return epoch, step

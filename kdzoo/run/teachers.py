@@ -1,0 +1,93 @@
+"""Teachers: loaded from kdzoo checkpoints, or trained inline once and cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdzoo import __version__, rundir
+from kdzoo.api import ImageData, Network
+from kdzoo.errors import KdzooError
+from kdzoo.host import PluginHost
+from kdzoo.host.build import build_augmentation, build_model
+from kdzoo.run.checkpoint import load_tensors
+from kdzoo.spec import DistillSpec, ModelRef, TrainSpec
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Teacher:
+    role: str
+    network: Network
+    augmentation: Any = None  # own view (teacher_views: own)
+    source: str = ""  # checkpoint path
+    metrics: dict[str, Any] = field(default_factory=dict)  # from its manifest
+
+
+def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network, dict[str, Any]]:
+    """Rebuild a model from a kdzoo checkpoint and check that it fits ``data``."""
+    weights, manifest = rundir.resolve_checkpoint(path)
+    if manifest.get("num_classes") != data.num_classes:
+        raise KdzooError(
+            f"checkpoint {weights} predicts {manifest.get('num_classes')} classes but dataset "
+            f"'{data.name}' has {data.num_classes}"
+        )
+    ref = ModelRef.model_validate(manifest["model"], context={"registry": host.registry})
+    network = build_model(host.registry, ref.name, ref.params, num_classes=data.num_classes, image_size=data.image_size)
+    prefix = rundir.BODY_PREFIX
+    state = {k[len(prefix):]: v for k, v in load_tensors(weights).items() if k.startswith(prefix)}
+    expected = network.body.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise KdzooError(f"checkpoint {weights} does not match model '{ref.name}' {ref.params}: {detail}")
+    network.body.load_state_dict(state)
+    return network, manifest
+
+
+def teacher_dir(spec: TrainSpec) -> Path:
+    """Content-addressed home of an inline teacher: the same sub-spec is trained once."""
+    content = spec.model_dump(mode="json", exclude={"name", "output_dir", "plugins"})
+    digest = hashlib.sha256(json.dumps({"spec": content, "kdzoo": __version__}, sort_keys=True).encode()).hexdigest()[:12]
+    return rundir.teacher_cache_dir(spec.output_dir) / f"{spec.name or 'teacher'}-{digest}"
+
+
+def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[TrainSpec, Path], Any], log: Log) -> list[Teacher]:
+    """Load checkpoint teachers (so a mismatch fails before any training), then train
+    (``train(spec, dir)``) or reuse inline teachers, and return them all in spec order."""
+    from kdzoo.run.data import load_data
+
+    data = load_data(spec.data, host.registry)
+    loaded = {t.name: (t.checkpoint, *load_teacher(host, t.checkpoint, data)) for t in spec.teachers if t.checkpoint is not None}
+    for t in spec.teachers:
+        if t.train is None:
+            continue
+        path = teacher_dir(t.train)
+        if rundir.is_finished(path):
+            log(f"teacher {t.name}: reusing {path}")
+        else:
+            log(f"teacher {t.name}: training {t.train.model.name} with {t.train.augmentation.name} augmentation -> {path}")
+            train(t.train, path)
+        loaded[t.name] = (path, *load_teacher(host, path, data))
+    teachers = []
+    for t in spec.teachers:
+        path, network, manifest = loaded[t.name]
+        aug_ref = t.augmentation or (t.train.augmentation if t.train else None)
+        augmentation = None
+        if spec.teacher_views == "own":
+            if aug_ref is None:
+                raise KdzooError(f"teachers.{t.name}: teacher_views 'own' needs an augmentation for a checkpoint teacher")
+            augmentation = build_augmentation(host.registry, aug_ref.name, aug_ref.params)
+        teachers.append(Teacher(t.name, network, augmentation, str(path), manifest.get("metrics", {})))
+    return teachers

@@ -1,0 +1,317 @@
+"""The training loop: one plain, readable loop for training and for distillation.
+
+A train run is a distill run with no teachers and the role name "model". Teachers
+are frozen, in eval mode, and run under inference mode; their tapped outputs are
+cloned out of inference mode so losses can use them in autograd graphs. Plugin code
+(loss taps, setup and forward, augmentation, metrics) runs inside ``plugin_code``
+guards, so a failure names the component, its plugin, the phase, epoch and step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from kdzoo import rundir
+from kdzoo.api import DistillBatch, Loss, ModelOutputs, SetupContext
+from kdzoo.api.keys import metric_key, split_key, trained_role
+from kdzoo.errors import ComponentError, KdzooError, TrainingError
+from kdzoo.host import PluginHost
+from kdzoo.host.build import build_augmentation, build_loss, build_metric, build_model, plugin_code
+from kdzoo.run.checkpoint import save_checkpoint, versions, write_json, write_text
+from kdzoo.run.data import batch_indices, in_layout, load_data, to_float
+from kdzoo.run.evaluator import Evaluator, forward_with_taps
+from kdzoo.run.runtime import select_runtime, wants_channels_last
+from kdzoo.run.schedule import epoch_seed, lr_factor, make_optimizer
+from kdzoo.run.state import load_state, save_state
+from kdzoo.run.teachers import Teacher
+from kdzoo.spec import AnySpec, TrainSpec
+
+
+def is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Trainer:
+    """Trains ``spec``'s model (train) or student (distill) in ``run_dir``."""
+
+    def __init__(self, spec: AnySpec, host: PluginHost, run_dir: Path, teachers: list[Teacher], log=print):
+        self.spec = spec
+        self.host = host
+        self.run_dir = Path(run_dir)
+        self.teachers = teachers
+        self.log = log
+        registry = host.registry
+        self.runtime = select_runtime(spec)
+        self.data = load_data(spec.data, registry)
+        model_ref = spec.model if isinstance(spec, TrainSpec) else spec.student.model
+        self.model_ref = model_ref
+        self.role = trained_role(spec.kind)
+        torch.manual_seed(spec.seed)  # model initialisation
+        self.network = build_model(registry, model_ref.name, model_ref.params, num_classes=self.data.num_classes, image_size=self.data.image_size)
+        self.augmentation_component = registry.get("augmentation", spec.augmentation.name)
+        self.augmentation = build_augmentation(registry, spec.augmentation.name, spec.augmentation.params)
+        self.loss_components = [registry.get("loss", term.name) for term in spec.losses]
+        self.losses = nn.ModuleList(build_loss(registry, term.name, term.params) for term in spec.losses)
+        self.metric_components = [registry.get("metric", ref.name) for ref in spec.metrics]
+        self.weights = [term.weight for term in spec.losses]
+        for term, loss in zip(spec.losses, self.losses):
+            if loss.uses_teachers and not teachers:
+                raise KdzooError(f"losses: '{term.name}' distils from teachers, but a {spec.kind} run has none")
+        self.channels_last = {self.role: wants_channels_last(spec, self.network)}
+        for teacher in teachers:
+            self.channels_last[teacher.role] = wants_channels_last(spec, teacher.network)
+        self.network.to(self.runtime.device)
+        if self.channels_last[self.role]:
+            self.network.to(memory_format=torch.channels_last)
+        for teacher in teachers:
+            teacher.network.to(self.runtime.device).eval().requires_grad_(False)
+            if self.channels_last[teacher.role]:
+                teacher.network.to(memory_format=torch.channels_last)
+        n = len(self.data.train_labels)
+        self.steps_per_epoch = max(1, n // spec.batch_size) if n >= spec.batch_size else 1
+        # A fixed random subset: datasets stored class by class would otherwise give one class.
+        limit = min(n, spec.eval.train_limit or n)
+        self.train_eval_indices = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        self.total_steps = self.steps_per_epoch * spec.epochs
+        self._resolve_taps()
+        self._setup_losses()
+        self.losses.to(self.runtime.device)
+        self.optimizer = make_optimizer(spec, list(self.network.parameters()) + list(self.losses.parameters()))
+        roles = {self.role: self.network, **{t.role: t.network for t in teachers}}
+        self.evaluator = Evaluator(self.runtime, roles, self.channels_last, tuple(t.role for t in teachers), self.role)
+
+    # -- taps and connectors -------------------------------------------------------
+    def _resolve_taps(self) -> None:
+        student_paths: list[str] = []
+        teacher_paths: list[list[str]] = [[] for _ in self.teachers]
+        for component, loss in zip(self.loss_components, self.losses):
+            for i, teacher in enumerate(self.teachers or [None]):
+                with plugin_code(component, "taps"):
+                    s_paths, t_paths = loss.taps(self.network, teacher.network if teacher else None)
+                student_paths += s_paths
+                if teacher is not None:
+                    teacher_paths[i] += t_paths
+        self.student_taps = list(dict.fromkeys(student_paths))
+        self.teacher_taps = [list(dict.fromkeys(p)) for p in teacher_paths]
+
+    def _setup_losses(self) -> None:
+        sample = to_float(self.data.train_images[: min(8, len(self.data.train_labels))], self.runtime.device, self.channels_last[self.role])
+        with torch.no_grad():
+            _, student_feats = forward_with_taps(self.network, sample, self.student_taps)
+            teacher_shapes = []
+            for teacher, paths in zip(self.teachers, self.teacher_taps):
+                _, feats = forward_with_taps(teacher.network, in_layout(sample, self.channels_last[teacher.role]), paths)
+                teacher_shapes.append({k: v.shape for k, v in feats.items()})
+        context = SetupContext(
+            student_shapes={k: v.shape for k, v in student_feats.items()},
+            teacher_shapes=teacher_shapes,
+            student=self.network,
+            teachers=[t.network for t in self.teachers],
+            num_classes=self.data.num_classes,
+            num_samples=len(self.data.train_labels),
+            epochs=self.spec.epochs,
+            steps=self.total_steps,
+        )
+        for component, loss in zip(self.loss_components, self.losses):
+            with plugin_code(component, "setup"):
+                loss.setup(context)
+
+    # -- state ---------------------------------------------------------------------
+    def save_state(self, epoch: int, step: int) -> None:
+        save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer)
+
+    def load_state(self) -> tuple[int, int]:
+        return load_state(self.run_dir, self.network, self.losses, self.optimizer)
+
+    # -- loop ------------------------------------------------------------------------
+    def _teacher_outputs(self, images: Tensor, batch_uint8: Tensor, generator: torch.Generator) -> list[ModelOutputs]:
+        outputs = []
+        for teacher, paths in zip(self.teachers, self.teacher_taps):
+            if teacher.augmentation is not None:  # teacher_views: own
+                x = to_float(teacher.augmentation(batch_uint8, generator), self.runtime.device, self.channels_last[teacher.role])
+            else:
+                x = in_layout(images, self.channels_last[teacher.role])
+            with torch.inference_mode():
+                logits, feats = forward_with_taps(teacher.network, x, paths)
+            # Inference tensors cannot be saved for backward: clone them out of inference mode.
+            outputs.append(ModelOutputs(logits.clone(), {k: v.clone() for k, v in feats.items()}))
+        return outputs
+
+    def _loss_term(self, component, loss: Loss, batch: DistillBatch) -> Tensor:
+        with plugin_code(component, "forward", epoch=batch.epoch, step=batch.step):
+            value = loss(batch)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ComponentError(
+                f"loss '{component.name}' (plugin '{component.plugin}') returned {shape} from forward at epoch "
+                f"{batch.epoch + 1}, step {batch.step + 1}; a loss must return a scalar tensor"
+            )
+        return value.float().reshape(())
+
+    def train_epoch(self, epoch: int, step: int, progress) -> tuple[int, dict[str, float]]:
+        spec = self.spec
+        torch.manual_seed(epoch_seed(spec.seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(spec.seed, epoch))
+        self.network.train()
+        self.losses.train()
+        sums = {"loss": 0.0, **{f"loss/{t.name}": 0.0 for t in spec.losses}}
+        count = 0
+        labels_all = self.data.train_labels
+        n = len(labels_all)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False, disable=progress)
+        for index in batch_indices(n, spec.batch_size, generator, drop_last=n >= spec.batch_size):
+            batch_uint8 = self.data.train_images[index]
+            with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=step):
+                augmented = self.augmentation(batch_uint8, generator)
+            images = to_float(augmented, self.runtime.device, self.channels_last[self.role])
+            targets = labels_all[index].to(self.runtime.device)
+            for group in self.optimizer.param_groups:
+                group["lr"] = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
+            with self.runtime.autocast():
+                teachers = self._teacher_outputs(images, batch_uint8, generator)
+                logits, feats = forward_with_taps(self.network, images, self.student_taps)
+                batch = DistillBatch(
+                    student=ModelOutputs(logits, feats), teachers=teachers, targets=targets, images=images,
+                    indices=index.to(self.runtime.device), epoch=epoch, epochs=spec.epochs, step=step, steps=self.total_steps,
+                )
+                terms = [self._loss_term(component, loss, batch) for component, loss in zip(self.loss_components, self.losses)]
+            total = sum(w * t for w, t in zip(self.weights, terms))
+            if not torch.isfinite(total):
+                detail = ", ".join(f"{term.name}={t.item():.4g}" for term, t in zip(spec.losses, terms))
+                kept = f"the last good state (after epoch {epoch}) is in {rundir.state_file(self.run_dir)}" if epoch else "no epoch had finished"
+                raise TrainingError(
+                    f"the loss became {total.item()} at epoch {epoch + 1}, step {step + 1} ({detail}); "
+                    f"stopped; {kept}. Lower the learning rate or check the loss weights"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            step += 1
+            count += 1
+            sums["loss"] += total.item()
+            for term, value in zip(spec.losses, terms):
+                sums[f"loss/{term.name}"] += value.item()
+            bar.update(1)
+        bar.close()
+        return step, {k: v / max(1, count) for k, v in sums.items()}
+
+    def evaluate(self, final: bool) -> dict[str, Any]:
+        spec = self.spec
+        data = self.data
+        self.network.eval()
+        results: dict[str, Any] = {}
+        for split in spec.eval.splits:
+            built = [(c, build_metric(self.host.registry, ref.name, ref.params)) for c, ref in zip(self.metric_components, spec.metrics)]
+            metrics = [(c, m) for c, m in built if final or not getattr(m, "final_only", False)]
+            if split == "train":
+                keep = self.train_eval_indices
+                images, labels = data.train_images[keep], data.train_labels[keep]
+                masks = None if data.train_masks is None else data.train_masks[keep]
+                aug = None
+            else:
+                images, labels, masks = data.test_images, data.test_labels, data.test_masks
+                aug = self.augmentation if split == "test_aug" else None
+            found = self.evaluator.run(split, images, labels, masks if aug is None else None, metrics, aug, aug_seed=spec.seed + 7919)
+            results.update({split_key(split, k): v for k, v in found.items()})
+        return results
+
+    def fit(self, resume: bool = False, progress_disabled: bool | None = None) -> dict[str, Any]:
+        spec = self.spec
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.run_dir / rundir.METRICS_FILE
+        start_epoch, step = self.load_state() if resume else (0, 0)
+        records = []
+        if start_epoch and metrics_path.exists():
+            # Drop records of an epoch whose state was never saved (crash in between).
+            records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            records = [r for r in records if r["epoch"] <= start_epoch]
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        if start_epoch:
+            self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
+        started = time.perf_counter()
+        epochs_bar = tqdm(range(start_epoch, spec.epochs), desc=self.run_dir.name, disable=progress_disabled, leave=False)
+        final_metrics: dict[str, Any] = {}
+        for epoch in epochs_bar:
+            t0 = time.perf_counter()
+            step, losses = self.train_epoch(epoch, step, progress_disabled)
+            train_time = time.perf_counter() - t0
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, "train_time_s": round(train_time, 3)}
+            last = epoch + 1 == spec.epochs
+            if last or (epoch + 1) % spec.eval.every == 0:
+                found = self.evaluate(final=last)
+                record.update({k: v for k, v in found.items() if is_scalar(v)})
+                if last:
+                    final_metrics = found
+            record["images_per_s"] = round(self.steps_per_epoch * spec.batch_size / train_time, 1)
+            records.append(record)
+            # Rewritten whole and renamed (atomic): a kill never leaves a truncated history.
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            self.save_state(epoch + 1, step)
+            shown = {k: record[k] for k in (metric_key("test", "top1", self.role), "loss") if k in record}
+            epochs_bar.set_postfix({k.split("/")[-2] if "/" in k else k: f"{v:.3f}" for k, v in shown.items()})
+        if not final_metrics:  # resumed after the last epoch had already finished
+            final_metrics = self.evaluate(final=True)
+        return self._finish(records, final_metrics, time.perf_counter() - started)
+
+    def _finish(self, records: list[dict[str, Any]], final: dict[str, Any], seconds: float) -> dict[str, Any]:
+        role = self.role
+        summary: dict[str, Any] = {
+            "kind": self.spec.kind,
+            "name": self.spec.name,
+            "role": role,
+            "epochs": self.spec.epochs,
+            "seed": self.spec.seed,
+            "train_images": len(self.data.train_labels),
+            "test_images": len(self.data.test_labels),
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "connector_parameters": sum(p.numel() for p in self.losses.parameters()),
+            "wall_time_s": round(seconds, 2),
+            "train_time_s": round(sum(r["train_time_s"] for r in records), 2),
+            "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
+            "device": str(self.runtime.device),
+            "final": final,
+            "teachers": {t.role: {"checkpoint": t.source, "metrics": t.metrics} for t in self.teachers},
+        }
+        summary.update(generalisation_gap(records, role))
+        tensors = {f"{rundir.BODY_PREFIX}{k}": v for k, v in self.network.body.state_dict().items()}
+        tensors.update({f"{rundir.LOSSES_PREFIX}{k}": v for k, v in self.losses.state_dict().items()})
+        manifest = {
+            "model": {"name": self.model_ref.name, "params": self.model_ref.params},
+            "num_classes": self.data.num_classes,
+            "classes": self.data.classes,
+            "image_size": self.data.image_size,
+            "seed": self.spec.seed,
+            "spec": self.spec.model_dump(mode="json"),
+            "versions": versions(self.host.component_versions()),
+            "plugin_files": self.host.plugin_files(),
+            "metrics": {k: v for k, v in final.items() if is_scalar(v)},
+        }
+        save_checkpoint(self.run_dir, tensors, manifest)
+        # No indentation: attention overlays and reliability bins make it megabytes otherwise.
+        write_json(self.run_dir / rundir.SUMMARY_FILE, summary, indent=None)
+        return summary
+
+
+def generalisation_gap(records: list[dict[str, Any]], role: str) -> dict[str, float]:
+    """The study's gap: train top-1 at the best-test epoch minus the best test top-1; and at the last epoch."""
+    train_key, test_key = metric_key("train", "top1", role), metric_key("test", "top1", role)
+    scored = [r for r in records if test_key in r]
+    out: dict[str, float] = {}
+    if not scored:
+        return out
+    best = max(scored, key=lambda r: r[test_key])
+    out["best_test_top1"] = best[test_key]
+    out["best_epoch"] = best["epoch"]
+    if train_key in best:
+        out["gap_at_best"] = best[train_key] - best[test_key]
+    last = scored[-1]
+    if train_key in last:
+        out["gap_final"] = last[train_key] - last[test_key]
+    return out

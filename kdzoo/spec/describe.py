@@ -1,0 +1,52 @@
+"""Turning pydantic's validation errors into one line per problem: the field path, the
+bad value and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from kdzoo.errors import did_you_mean
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model class found by following ``loc`` from ``model`` (list indices skipped)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation]
+        found = None
+        while candidates:
+            tp = candidates.pop()
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                found = tp
+                break
+            candidates.extend(typing.get_args(tp))
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def describe_error(error: dict[str, Any], prefix: str, root: type[BaseModel] | None = None) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    where = ".".join(p for p in (prefix, loc) if p) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(root, tuple(error["loc"][:-1])) if root else None
+        allowed = sorted(parent.model_fields) if parent else []
+        key = str(error["loc"][-1])
+        message = f"unknown key '{key}'{did_you_mean(key, allowed)}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        return f"{where}: {message}"
+    if error["type"] not in {"unknown_component", "bad_params", "missing"} and "input" in error:
+        shown = json.dumps(error["input"], default=str)
+        message += f" (got {shown if len(shown) < 80 else shown[:77] + '...'})"
+    if error["type"] == "missing":
+        message = "required field is missing"
+    return f"{where}: {message}"

@@ -1,0 +1,1 @@
+"""The study: quantities, findings, plots and the report of finished runs; augmentation affinity."""
