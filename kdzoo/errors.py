@@ -38,7 +38,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-class ComponentError(KdzooError):
+class ComponentError(TrainingError):
     """Plugin code raised while a run used it. The message names the component, its
     plugin, the phase (and epoch and step) and the original error; ``--debug`` or
     ``KDZOO_DEBUG=1`` adds the traceback. A grid marks the arm failed and goes on."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,60 @@ def host():
     from kdzoo.host.loading import load_plugins
 
     return load_plugins()
+
+
+# ----------------------------------------------------------------------------- throwaway plugins
+class ThrowawaySite:
+    """Throwaway third-party plugin packages, installed the way pip installs them.
+
+    ``site.install("aaa-evil", source)`` writes a module and a ``.dist-info`` folder
+    (METADATA + entry_points.txt) into a folder on ``sys.path``: importlib.metadata then
+    finds a real distribution with an entry point in the ``kdzoo`` group, exactly like a
+    package that ``pip install`` put into site-packages, beside the real built-ins.
+    Subprocesses see it through ``site.env()`` (PYTHONPATH).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def install(self, dist_name: str, source: str, module: str | None = None) -> str:
+        from kdzoo.host.loading import reset_host
+
+        module = module or dist_name.replace("-", "_")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = self.path / f"{module}-0.1.0.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[kdzoo]\n{dist_name} = {module}\n")
+        if str(self.path) not in sys.path:
+            sys.path.insert(0, str(self.path))
+        sys.modules.pop(module, None)
+        reset_host()
+        return module
+
+    def remove_all(self) -> None:
+        from kdzoo.host.loading import reset_host
+
+        if str(self.path) in sys.path:
+            sys.path.remove(str(self.path))
+        for path in self.path.glob("*.py"):
+            sys.modules.pop(path.stem, None)
+        reset_host()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env.pop("KDZOO_DEBUG", None)
+        return env
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A site-packages folder for throwaway plugin packages, removed after the test."""
+    monkeypatch.delenv("KDZOO_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("KDZOO_DEBUG", raising=False)
+    throwaway = ThrowawaySite(tmp_path / "site-packages")
+    yield throwaway
+    throwaway.remove_all()
+

@@ -75,7 +75,8 @@ def test_fast_commands_do_not_import_torch():
 def test_a_diverging_arm_does_not_end_the_grid(tiny_train, write_spec, tmp_path):
     spec = {**tiny_train, "epochs": 1, "optimizer": {"nesterov": False}, "schedule": {"name": "constant"}, "matrix": {"optimizer.lr": [1e30, 0.05]}}
     result = CliRunner().invoke(cli, ["run", str(write_spec(spec)), "--quiet"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a grid with a failed arm exits non-zero
+    assert "1 of 2 arms failed: lr1e30" in result.output
     assert "lr1e30: failed: the loss became" in result.output
     assert "(failed)" in result.output and "| lr0.05" in result.output
     assert (tmp_path / "runs" / "tiny-train" / "arms" / "lr1e30" / "failed.json").is_file()

@@ -10,7 +10,7 @@ import click
 
 from kdzoo import hookimpl
 from kdzoo.cli.common import load_host_with_warnings, plugins_dir_option, set_option
-from kdzoo.errors import KdzooError
+from kdzoo.errors import KdzooError, TrainingError
 
 
 def _load(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path, ...]):
@@ -67,6 +67,7 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
         click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
         results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress)
         click.echo(grid_table(results))
+        failed = [name for name, summary in results if "failed" in summary]
         if plan.study:
             from kdzoo.study.report import build_report, findings_markdown
 
@@ -79,6 +80,8 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
         summary = runner.run_single(spec, host, plan.run_dir, log=click.echo, progress=progress)
         click.echo(run_table(summary))
     click.echo(f"total time: {time.perf_counter() - started:.1f} s; results in {plan.run_dir}")
+    if plan.grid and failed:  # scripts and CI must notice
+        raise TrainingError(f"{len(failed)} of {len(plan.runs)} arms failed: {', '.join(failed)} (see failed.json in each)")
 
 
 @click.command()

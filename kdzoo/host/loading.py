@@ -154,7 +154,7 @@ def _record_failure(host: PluginHost, name: str, exc: BaseException) -> None:
     if isinstance(exc, PluginError):
         host.registry.failures[name] = str(exc)
     else:
-        host.registry.failures[name] = f"plugin '{name}' failed to import: {exc!r}"
+        host.registry.failures[name] = f"plugin '{name}' failed to import: {type(exc).__name__}: {exc}"
 
 
 def file_sha256(path: Path) -> str:

@@ -35,10 +35,10 @@ class Evaluator:
         self.student = student
         self._frozen_logits: dict[tuple[str, str], Tensor] = {}  # (split, teacher) -> logits: teachers never change
 
-    def run(self, split: str, images: Tensor, labels: Tensor, masks: Tensor | None, metrics: list[tuple[Component, Metric]], augmentation=None, aug_seed: int = 0) -> dict[str, Any]:
+    def run(self, split: str, images: Tensor, labels: Tensor, masks: Tensor | None, metrics: list[tuple[Component, Metric]], augmentation=None, aug_seed: int = 0, epoch: int | None = None) -> dict[str, Any]:
         taps: dict[str, list[str]] = {}
         for component, metric in metrics:
-            with plugin_code(component, "reset and taps"):
+            with plugin_code(component, "reset and taps", epoch=epoch):
                 metric.reset()
                 requested = metric.taps(self.networks)
             for role, paths in requested.items():
@@ -75,13 +75,13 @@ class Evaluator:
                     student=self.student,
                 )
                 for component, metric in metrics:
-                    with plugin_code(component, f"update on the {split} split"):
+                    with plugin_code(component, f"update on the {split} split", epoch=epoch):
                         metric.update(batch)
         for role, chunks in fresh.items():
             self._frozen_logits[(split, role)] = torch.cat(chunks)
         results: dict[str, Any] = {}
         for component, metric in metrics:
-            with plugin_code(component, f"compute on the {split} split"):
+            with plugin_code(component, f"compute on the {split} split", epoch=epoch):
                 figures = metric.compute()
             if not isinstance(figures, dict):
                 raise ComponentError(f"metric '{component.name}' (plugin '{component.plugin}') returned {type(figures).__name__} from compute, not a dict of figures")

@@ -202,7 +202,7 @@ class Trainer:
         bar.close()
         return step, {k: v / max(1, count) for k, v in sums.items()}
 
-    def evaluate(self, final: bool) -> dict[str, Any]:
+    def evaluate(self, final: bool, epoch: int | None = None) -> dict[str, Any]:
         spec = self.spec
         data = self.data
         self.network.eval()
@@ -218,7 +218,7 @@ class Trainer:
             else:
                 images, labels, masks = data.test_images, data.test_labels, data.test_masks
                 aug = self.augmentation if split == "test_aug" else None
-            found = self.evaluator.run(split, images, labels, masks if aug is None else None, metrics, aug, aug_seed=spec.seed + 7919)
+            found = self.evaluator.run(split, images, labels, masks if aug is None else None, metrics, aug, aug_seed=spec.seed + 7919, epoch=epoch)
             results.update({split_key(split, k): v for k, v in found.items()})
         return results
 
@@ -245,7 +245,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, "train_time_s": round(train_time, 3)}
             last = epoch + 1 == spec.epochs
             if last or (epoch + 1) % spec.eval.every == 0:
-                found = self.evaluate(final=last)
+                found = self.evaluate(final=last, epoch=epoch)
                 record.update({k: v for k, v in found.items() if is_scalar(v)})
                 if last:
                     final_metrics = found

@@ -10,7 +10,6 @@ Every policy is applied with the same fixed seed, so two runs give the same tabl
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

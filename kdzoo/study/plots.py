@@ -1,0 +1,133 @@
+"""The study's plots (PNG files): scatter plots of arm groups, reliability diagrams and
+attention overlays of one representative arm. matplotlib is imported only when drawing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from kdzoo.api.keys import metric_key, split_key
+from kdzoo.study.arms import Arm, Group
+from kdzoo.study.quantities import QUANTITY, group_spread
+from kdzoo.tables import fmt
+
+OVERLAY_ROWS = 4  # test images per attention-overlay figure
+OVERLAY_IMAGES = "attn_overlay_images"  # the attention-iou metric's split-wide key (no role)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+AXIS_LABELS = {
+    "fidelity_student_ensemble": "fidelity student~ensemble (test top-1 agreement)",
+    "test_top1": "student test top-1",
+    "attn_iou_teacher_teacher": "teacher~teacher attention IoU (test)",
+    "gap_at_best": "generalisation gap (train - test top-1 at best epoch)",
+}
+
+
+def _scatter_groups(groups: list[Group], x_key: str, y_key: str, path: Path, title: str) -> Path | None:
+    """One point per arm group at its means, error bars one std over seeds each way."""
+    points = [(g.label, group_spread(g, x_key), group_spread(g, y_key)) for g in groups]
+    points = [(label, x, y) for label, x, y in points if x.mean is not None and y.mean is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label, x, y in points:
+        ax.errorbar(x.mean, y.mean, xerr=x.std or 0.0, yerr=y.std or 0.0, fmt="o", capsize=3, label=label)
+        ax.annotate(label, (x.mean, y.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(AXIS_LABELS.get(x_key, QUANTITY[x_key].header))
+    ax.set_ylabel(AXIS_LABELS.get(y_key, QUANTITY[y_key].header))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_fidelity(groups: list[Group], path: Path) -> Path | None:
+    return _scatter_groups(groups, "fidelity_student_ensemble", "test_top1", path, "Student accuracy vs fidelity (test; bars: std over seeds)")
+
+
+def plot_attention_vs_gap(groups: list[Group], path: Path) -> Path | None:
+    return _scatter_groups(groups, "attn_iou_teacher_teacher", "gap_at_best", path, "Teacher attention IoU vs generalisation gap")
+
+
+def plot_reliability(arm: Arm, path: Path, split: str = "test", bins: int = 10) -> Path | None:
+    """Reliability diagrams of the student and each teacher of one arm."""
+    roles = [r for r in [arm.role, *arm.teacher_roles] if isinstance(arm.final.get(metric_key(split, f"reliability{bins}", r)), list)]
+    if not roles:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(roles), figsize=(3.2 * len(roles), 3.4), squeeze=False)
+    for ax, role in zip(axes[0], roles):
+        filled = [b for b in arm.final[metric_key(split, f"reliability{bins}", role)] if b["count"]]
+        ax.bar([(b["lower"] + b["upper"]) / 2 for b in filled], [b["accuracy"] for b in filled], width=1 / bins, edgecolor="black", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ece = arm.final.get(metric_key(split, f"ece{bins}", role))
+        ax.set_title(f"{role} (ECE {fmt(ece, 3)})" if ece is not None else role, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    fig.suptitle(f"Reliability ({split}, {bins} bins): {arm.name}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_attention_overlays(arm: Arm, path: Path, split: str = "test", rows: int = OVERLAY_ROWS) -> Path | None:
+    """Test images with every model's attention map laid over them (from the attention-iou
+    metric's ``attn_overlay`` lists)."""
+    images = arm.final.get(split_key(split, OVERLAY_IMAGES))
+    roles = [r for r in [arm.role, *arm.teacher_roles] if isinstance(arm.final.get(metric_key(split, "attn_overlay", r)), list)]
+    if not isinstance(images, list) or not images or not roles:
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    count = min(rows, len(images))
+    fig, axes = plt.subplots(count, len(roles) + 1, figsize=(1.8 * (len(roles) + 1), 1.8 * count), squeeze=False)
+    for i in range(count):
+        image = np.asarray(images[i], dtype=np.uint8).transpose(1, 2, 0)
+        axes[i][0].imshow(image)
+        for j, role in enumerate(roles, 1):
+            attention = np.asarray(arm.final[metric_key(split, "attn_overlay", role)][i], dtype=float)
+            axes[i][j].imshow(image)
+            # extent pins the map onto the image's pixel grid whatever the map's resolution
+            axes[i][j].imshow(attention, cmap="jet", alpha=0.5, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5), vmin=0, vmax=1)
+            if i == 0:
+                axes[i][j].set_title(role, fontsize=9)
+        if i == 0:
+            axes[i][0].set_title("image", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"Attention ({split}): {arm.name}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def representative_arm(groups: list[Group], has: Callable[[Arm], bool]) -> Arm | None:
+    """The first arm (groups in table order, lowest seed first) that has the data."""
+    for group in groups:
+        for arm in sorted(group.arms, key=lambda a: a.seed):
+            if has(arm):
+                return arm
+    return None
+
+
+def safe_file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", label) or "run"
