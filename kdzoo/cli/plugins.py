@@ -165,17 +165,24 @@ def _show_available(as_json: bool, verbose: bool) -> None:
 @plugins.command("check")
 @click.argument("target", metavar="DIST_OR_MODULE")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--params", "params", multiple=True, metavar="NAME.KEY=VALUE",
+    help="Also smoke-run component NAME with param KEY set to VALUE (read as YAML). Repeatable; "
+    "the options for one NAME make one extra run.",
+)
 @click.pass_context
-def check(ctx: click.Context, target: str, as_json: bool) -> None:
+def check(ctx: click.Context, target: str, as_json: bool, params: tuple[str, ...]) -> None:
     """Check that a plugin loads, registers valid components and runs them.
 
     DIST_OR_MODULE is a distribution (kdzoo-example-plugin), a plugin (entry-point)
-    name or an importable module. Each component runs once on tiny inputs with its
-    default params. Exits with status 1 when a check fails.
+    name or an importable module. Each component runs on tiny inputs with its
+    default params, with each `examples` params set it registered, and with the
+    --params given for it (e.g. --params kd.temperature=8). Exits with status 1 when
+    a check fails, 2 when --params name no component or give an invalid value.
     """
     from kdzoo.authoring.check import check_plugin
 
-    report = check_plugin(target)
+    report = check_plugin(target, params=params)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.ok:
         ctx.exit(1)
@@ -338,7 +345,16 @@ def installed_distribution(name: str) -> str:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(name: str, yes: bool) -> None:
     """Uninstall plugin NAME (a distribution or plugin name) with pip."""
+    from kdzoo.host.loading import BUILTIN_PLUGINS
+
     distribution = installed_distribution(name)
+    if distribution in BUILTIN_PLUGINS and not yes:
+        click.confirm(
+            f"{distribution} is a built-in kdzoo plugin: its components (and specs that use them) stop "
+            f"working until it is reinstalled (pip install -e plugins/{distribution}). Uninstall it?",
+            abort=True,
+        )
+        yes = True
     _run_pip(["uninstall", distribution, *(["-y"] if yes else [])])
 
 
