@@ -106,7 +106,8 @@ def test_markdown_table_findings_and_plots(grid, reported):
     mean, std = by_hand([s["final"]["test/top1/student"] for s in summaries(grid, "weak_weak")])
     weak_row = next(line for line in output.splitlines() if line.startswith("| weak_weak "))
     assert f"{mean:.4f} ± {std:.4f}" in weak_row and weak_row.rstrip(" |").endswith("2")  # seeds column
-    assert weak_row in md and "KL s~ens" in weak_row.join(md.split(weak_row)[:1])  # the header row
+    header_row = weak_row.join(md.split(weak_row)[:1])
+    assert weak_row in md and "KL(ens ‖ s)" in header_row and "ECE s (10 bins, weighted)" in header_row  # the header row
     # findings: computed, one per STUDY.md finding; one teacher count only, so finding 4 is not measured
     for number in (1, 2, 3, 4):
         assert f"\n{number}. " in "\n" + output

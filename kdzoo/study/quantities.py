@@ -96,12 +96,12 @@ QUANTITIES = [
     Quantity("fidelity_student_ensemble_test_aug", "fid s~ens test_aug", student_ensemble("fidelity", "test_aug")),
     Quantity("fidelity_student_teacher", "fid s~T mean", student_teacher_mean("fidelity")),
     Quantity("fidelity_teacher_teacher", "fid T~T", teacher_teacher_mean("fidelity")),
-    Quantity("kl_student_ensemble", "KL s~ens", student_ensemble("kl")),
+    Quantity("kl_student_ensemble", "KL(ens ‖ s)", student_ensemble("kl")),  # kl/student~ensemble: teacher side the reference
     Quantity("mi_student_ensemble", "MI s~ens", student_ensemble("mi")),
     Quantity("nmi_student_ensemble", "NMI s~ens", student_ensemble("nmi")),
     Quantity("mi_per_batch_student_ensemble", "MI/batch s~ens", student_ensemble("mi_per_batch")),
     Quantity("entropy_student", "entropy s", own("entropy")),
-    Quantity("ece10_student", "ECE10 s", own("ece10")),
+    Quantity("ece10_student", "ECE s (10 bins, weighted)", own("ece10")),  # not the authors' ece10_bin_mean
     Quantity("attn_iou_teacher_teacher", "attn IoU T~T", teacher_teacher_mean("attn_iou")),
     Quantity("attn_iou_student_teacher", "attn IoU s~T", student_teacher_mean("attn_iou")),
     Quantity("attn_object_iou_student", "attn obj IoU s", own("attn_object_iou")),

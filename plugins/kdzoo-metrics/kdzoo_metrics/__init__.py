@@ -66,7 +66,7 @@ def register_metrics(register):
         "kl",
         "kdzoo_metrics.classification:KLDivergence",
         params=KLParams,
-        description="mean KL(teacher side || student side) between predictive distributions",
+        description="mean KL(teacher ‖ student) between predictive distributions (teacher side the reference)",
     )
     register(
         "mutual-information",
@@ -84,7 +84,7 @@ def register_metrics(register):
         "calibration",
         "kdzoo_metrics.calibration:Calibration",
         params=CalibrationParams,
-        description="expected calibration error and reliability-diagram bins",
+        description="ECE weighted by bin counts (and the authors' unweighted bin mean) and reliability-diagram bins",
     )
     register(
         "attention-iou",

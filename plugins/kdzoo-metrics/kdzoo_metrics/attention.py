@@ -1,8 +1,10 @@
 """Attention maps of CNNs and ViTs, as the study compares them; reusable by reports and plots.
 
 Every method gives a raw low-resolution map per image; :func:`attention_maps` then
-upsamples it bilinearly to the input size and min-max normalises it per image, so the
-result is ``(B, H, W)`` in [0, 1] and a threshold (0.4 in the study) makes it a mask.
+upsamples it bilinearly to the input size and min-max normalises it per image (both in
+float64), so the result is ``(B, H, W)`` in [0, 1] and a threshold (0.4 in the study)
+makes it a mask. A constant map (spread within float32 rounding of its magnitude, see
+``CONSTANT_RTOL``) normalises to all 0: an empty mask.
 
 Methods:
 
@@ -27,9 +29,16 @@ from torch import Tensor, nn
 from kdzoo.api import Network
 from kdzoo.api import KdzooError
 from kdzoo.api.taps import tapped
+from kdzoo_metrics.predictions import predicted_class
 
 METHODS = ("cam", "cam-predicted", "gradcam", "rollout", "cls-attention")
-NORMALISE_EPS = 1e-8  # the authors' guard against a constant map
+NORMALISE_EPS = 1e-8  # the authors' guard in the min-max denominator
+# A map whose spread (max - min) is at most this fraction of its magnitude (max |value|)
+# is constant: about 8 float32 ulps, the rounding noise that float32 arithmetic (the
+# CAM's einsum, bilinear upsampling) leaves on a constant map. The authors' absolute
+# eps does not catch it: 3.7 everywhere, upsampled 8x8 -> 32x32 in float32, varies by
+# 5e-7, which min-max would stretch to [0, 1].
+CONSTANT_RTOL = 1e-6
 
 
 # --------------------------------------------------------------------------- method choice
@@ -120,7 +129,7 @@ def grad_cam(network: Network, images: Tensor, layer: str, classes: Tensor | Non
             if activation.ndim != 4:
                 raise KdzooError(f"Grad-CAM layer '{layer}' must output (B, C, h, w), got {tuple(activation.shape)}")
             if classes is None:
-                classes = logits.argmax(dim=1)
+                classes = predicted_class(logits)
             score = logits.gather(1, classes.long().view(-1, 1).to(logits.device)).sum()
             (gradient,) = torch.autograd.grad(score, activation)
     finally:
@@ -179,16 +188,28 @@ def _attention_probabilities(value: object) -> Tensor | None:
 
 # --------------------------------------------------------------------------- normalised maps
 def min_max_normalise(maps: Tensor) -> Tensor:
-    """Per-image min-max scaling of ``(B, H, W)`` maps to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
+    """Per-image min-max scaling of ``(B, H, W)`` maps to [0, 1]: ``(x - min) / (max - min + 1e-8)``
+    (the authors' formula), computed in float64.
+
+    A constant map becomes all 0 (so its mask is empty at any threshold), and so does a
+    map whose spread ``max - min`` is at most ``CONSTANT_RTOL`` times its magnitude:
+    that spread is float32 rounding noise, not attention. Returns float32 (float64 for
+    float64 input).
+    """
+    flat = maps.flatten(1).double()
     low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low + NORMALISE_EPS)).view_as(maps)
+    spread = high - low
+    constant = spread <= CONSTANT_RTOL * torch.maximum(low.abs(), high.abs())
+    scaled = torch.where(constant, torch.zeros_like(flat), (flat - low) / (spread + NORMALISE_EPS))
+    return scaled.to(torch.float64 if maps.dtype == torch.float64 else torch.float32).view(maps.shape)
 
 
 def upsample_and_normalise(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of ``(B, h, w)`` maps to ``size`` then per-image min-max normalisation."""
-    resized = F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return min_max_normalise(resized)
+    """Bilinear upsampling of ``(B, h, w)`` maps to ``size`` then per-image min-max
+    normalisation, both in float64 (float32 upsampling adds rounding noise that min-max
+    would stretch); returns float32 maps in [0, 1]."""
+    resized = F.interpolate(maps.double().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return min_max_normalise(resized).float()
 
 
 def binary_masks(maps: Tensor, threshold: float) -> Tensor:
@@ -238,7 +259,7 @@ def raw_attention_maps(
 
     if method in ("cam", "cam-predicted"):
         if method == "cam-predicted" and classes is None:
-            classes = logits.argmax(dim=1)
+            classes = predicted_class(logits)
         weight = network.submodule(network.cam.classifier).weight
         return class_activation_map(found[network.cam.features], weight, classes if method == "cam-predicted" else None)
     if method == "rollout":

@@ -48,8 +48,11 @@ class AttentionIoU(Metric):
       those images as uint8 ``(N, 3, H, W)`` nested lists, both at most
       ``OVERLAY_MAX_SIDE`` pixels a side, for attention-overlay plots.
 
-    An image whose two masks are both empty (only a constant map gives one) has no
-    defined IoU and is left out of the per-image means.
+    A constant map (any constant, not only 0: see
+    :func:`kdzoo_metrics.attention.min_max_normalise`) normalises to 0 and gives an
+    empty mask. An image whose two masks are both empty has no defined IoU and is left
+    out of the per-image means (and adds nothing to its run's pooled pixels); a figure
+    with no image left is nan. An empty mask against a non-empty one has IoU 0.
     """
 
     final_only: ClassVar[bool] = True

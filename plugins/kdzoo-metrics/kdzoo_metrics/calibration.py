@@ -1,4 +1,9 @@
-"""Expected calibration error and reliability-diagram data, with equal-width confidence bins."""
+"""Expected calibration error and reliability-diagram data, with equal-width confidence bins.
+
+Which ECE: ``ece<n>`` is the usual bin-count-weighted ECE (Guo et al. 2017), the figure
+the study reports ("ECE (10 bins, weighted)"); the study authors' unweighted mean over
+bins is kept separately as ``ece<n>_bin_mean``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
+from kdzoo_metrics.predictions import predicted_class
 from kdzoo_metrics.roles import role_key, role_logits
 from kdzoo_metrics.tally import Tally
 
@@ -27,11 +33,14 @@ class Calibration(Metric):
 
     Keys per ``n`` and role:
 
-    - ``ece<n>/<role>``: ``sum_b |acc_b - conf_b| * count_b / N`` (Guo et al. 2017),
-      confidence being the max softmax probability;
-    - ``ece<n>_bin_mean/<role>``: the unweighted mean of ``|acc_b - conf_b|`` over all
+    - ``ece<n>/<role>``: ECE weighted by bin counts, ``sum_b |acc_b - conf_b| * count_b / N``
+      (Guo et al. 2017), the predicted class being
+      :func:`kdzoo_metrics.predictions.predicted_class` (lowest class index on tied
+      logits, as for top-1 accuracy) and the confidence its softmax probability (the
+      max softmax probability);
+    - ``ece<n>_bin_mean/<role>``: the *unweighted* mean of ``|acc_b - conf_b|`` over all
       ``n`` bins (empty bins count 0), which is what the study authors' ``ece_score``
-      logs; kept to compare with the paper;
+      logs; kept to compare with the paper, not the reported ECE;
     - ``reliability<n>/<role>``: a list of ``n`` dicts ``{"lower", "upper", "count",
       "confidence", "accuracy"}`` (confidence and accuracy are None for empty bins).
     """
@@ -42,7 +51,9 @@ class Calibration(Metric):
 
     def update(self, batch: EvalBatch) -> None:
         for role, logits in role_logits(batch).items():
-            confidence, predicted = logits.softmax(dim=1).max(dim=1)
+            predicted = predicted_class(logits)
+            # The predicted class has the largest logit, so its probability is the largest one.
+            confidence = logits.softmax(dim=1).gather(1, predicted[:, None]).squeeze(1)
             correct = (predicted == batch.targets.to(predicted.device)).long()
             for n in dict.fromkeys(self.params.bins):
                 # One-hot sums rather than weighted bincount: the latter has no

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
+from kdzoo_metrics.predictions import predicted_class, top_classes
 from kdzoo_metrics.roles import pair_key, role_key, role_logits, role_pairs
 from kdzoo_metrics.tally import Tally
 
@@ -32,7 +33,11 @@ class _SampleMean(Metric):
 class Accuracy(_SampleMean):
     """Top-k accuracy (a fraction in [0, 1]) of every role and of the teachers' ensemble.
 
-    Keys ``top<k>/<role>``; a k above the number of classes is skipped.
+    Keys ``top<k>/<role>``; a k above the number of classes is skipped. The top-k
+    classes are :func:`kdzoo_metrics.predictions.top_classes`: on tied logits the
+    lowest class index ranks first, so top-1 is the share of samples whose
+    :func:`~kdzoo_metrics.predictions.predicted_class` (the first maximal logit, the
+    class fidelity, MI and ECE use) is the target, and top-k always includes it.
     """
 
     def update(self, batch: EvalBatch) -> None:
@@ -41,7 +46,7 @@ class Accuracy(_SampleMean):
             if not ks:
                 continue
             targets = batch.targets.to(logits.device)
-            ranked = logits.topk(max(ks), dim=1).indices
+            ranked = top_classes(logits, max(ks))
             hits = ranked == targets[:, None]
             for k in ks:
                 self.tally.add(role_key(f"top{k}", role), hits[:, :k].any(dim=1).sum())
@@ -49,27 +54,30 @@ class Accuracy(_SampleMean):
 
 
 class Fidelity(_SampleMean):
-    """Top-1 agreement: the share of samples on which two models' argmax agree.
+    """Top-1 agreement: the share of samples on which two models' predicted classes agree.
 
+    The predicted class is :func:`kdzoo_metrics.predictions.predicted_class`: the
+    first maximal logit (lowest class index on ties), the same rule as top-1 accuracy.
     Keys ``fidelity/<A>~<B>`` for the pairs of :func:`kdzoo_metrics.roles.role_pairs`.
     """
 
     def update(self, batch: EvalBatch) -> None:
-        predictions = {role: logits.argmax(dim=1) for role, logits in role_logits(batch).items()}
+        predictions = {role: predicted_class(logits) for role, logits in role_logits(batch).items()}
         for left, right in role_pairs(batch):
             self.tally.add(pair_key("fidelity", left, right), (predictions[left] == predictions[right]).sum())
         self.samples += len(batch.targets)
 
 
 class KLDivergence(_SampleMean):
-    """Mean KL divergence between two models' predictive distributions.
+    """Mean KL divergence between two models' predictive distributions: ``KL(teacher ‖ student)``.
 
-    Direction: ``kl/A~B`` is ``KL(p_B || p_A)``, the right-hand (teacher or ensemble)
-    side being the reference distribution: for ``kl/student~t1`` that is
-    ``KL(p_t1 || p_student)``, the divergence the KD loss minimises; for a teacher pair
-    ``kl/t1~t2`` it is ``KL(p_t2 || p_t1)``. Distributions are ``softmax(logits / T)``
+    Direction: ``kl/A~B`` is ``KL(p_B ‖ p_A) = sum_k p_B log(p_B / p_A)``, the
+    right-hand (teacher or ensemble) side being the reference distribution: for
+    ``kl/student~t1`` that is ``KL(p_t1 ‖ p_student)`` and for ``kl/student~ensemble``
+    ``KL(p_ensemble ‖ p_student)``, the divergence the KD loss minimises; for a teacher
+    pair ``kl/t1~t2`` it is ``KL(p_t2 ‖ p_t1)``. Distributions are ``softmax(logits / T)``
     with ``T = temperature`` (no ``T^2`` factor). Note: the study authors' logged KL is
-    ``KL(p_student || p_teacher) * 10`` per batch; this is the unscaled whole-set mean.
+    ``KL(p_student ‖ p_teacher) * 10`` per batch; this is the unscaled whole-set mean.
     """
 
     def update(self, batch: EvalBatch) -> None:

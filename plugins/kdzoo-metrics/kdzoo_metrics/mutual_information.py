@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
+from kdzoo_metrics.predictions import predicted_class
 from kdzoo_metrics.roles import pair_key, role_key, role_logits, role_pairs
 from kdzoo_metrics.tally import Tally
 
@@ -65,7 +66,9 @@ class MutualInformation(Metric):
 
     Keys, for each pair ``A~B`` of :func:`kdzoo_metrics.roles.role_pairs`:
 
-    - ``mi/A~B``: MI (nats) of the whole-set K x K contingency table of the two argmaxes;
+    - ``mi/A~B``: MI (nats) of the whole-set K x K contingency table of the two
+      predicted classes (:func:`kdzoo_metrics.predictions.predicted_class`: lowest
+      class index on tied logits, as for accuracy and fidelity);
     - ``nmi/A~B``: the same normalised by the arithmetic mean of the two entropies
       (sklearn's default normalisation), in [0, 1];
     - ``mi_per_batch/A~B``: the authors' figure: MI of each run of ``per_batch_size``
@@ -93,7 +96,7 @@ class MutualInformation(Metric):
 
     def update(self, batch: EvalBatch) -> None:
         logits = role_logits(batch)
-        predictions = {role: value.argmax(dim=1) for role, value in logits.items()}
+        predictions = {role: predicted_class(value) for role, value in logits.items()}
         num_classes = next(iter(logits.values())).shape[1]
         pairs = role_pairs(batch)
 

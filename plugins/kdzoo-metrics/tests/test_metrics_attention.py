@@ -13,6 +13,7 @@ from kdzoo_metrics.attention import (
     mask_overlap,
     min_max_normalise,
     raw_attention_maps,
+    upsample_and_normalise,
 )
 
 
@@ -101,6 +102,71 @@ def test_gradcam_at_another_layer():
     images = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     maps = attention_maps(network, images, method="gradcam", gradcam_layer="features.0")
     assert maps.shape == (2, 4, 4) and float(maps.max()) <= 1.0
+
+
+# --------------------------------------------------------------------------- constant maps
+@pytest.mark.parametrize("value", [3.7, -3.7, 123.456, 1e5 + 0.3, 1e-3, 0.0])
+def test_constant_maps_normalise_to_zero_and_give_empty_masks(value):
+    # A constant map (here 3.7 everywhere) has no "where": min-max gives 0 and the mask
+    # is empty. Float32 bilinear upsampling leaves rounding noise of about 1e-7 in it,
+    # which a plain min-max stretches to [0, 1] (904 of 1024 pixels above 0.4 at 3.7).
+    raw = torch.full((2, 8, 8), value)
+    for size in ((8, 8), (32, 32), (224, 224)):
+        normalised = upsample_and_normalise(raw, size)
+        assert normalised.shape == (2, *size)
+        assert not bool(binary_masks(normalised, 0.4).any()), (value, size)
+        assert bool((normalised == 0).all()), (value, size)
+    assert bool((min_max_normalise(torch.full((1, 32, 32), value)) == 0).all())
+    if value != 0:
+        # Rounding-level noise on a constant is still a constant: one pixel a float32 ulp up.
+        noisy = torch.full((1, 32, 32), value)
+        noisy[0, 3, 5] = noisy[0, 3, 5].nextafter(torch.tensor(float("inf")))
+        assert float(noisy.max() - noisy.min()) > 0
+        assert bool((min_max_normalise(noisy) == 0).all())
+
+
+def test_varying_maps_are_still_stretched_to_the_unit_interval():
+    g = torch.Generator().manual_seed(5)
+    raw = torch.stack([
+        torch.rand(8, 8, generator=g),
+        1000 + 0.01 * torch.rand(8, 8, generator=g),  # a small spread on a large offset
+        -torch.rand(8, 8, generator=g) * 1e-4,  # a small map
+    ])
+    normalised = upsample_and_normalise(raw, (32, 32))
+    flat = normalised.flatten(1)
+    assert torch.allclose(flat.min(dim=1).values, torch.zeros(3))
+    assert torch.allclose(flat.max(dim=1).values, torch.ones(3), atol=1e-4)  # the authors' eps 1e-8 on a 1e-4 spread
+    # As the float64 computation by hand.
+    resized = F.interpolate(raw.double()[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0].flatten(1)
+    low, high = resized.min(dim=1, keepdim=True).values, resized.max(dim=1, keepdim=True).values
+    expected = ((resized - low) / (high - low + 1e-8)).view(3, 32, 32)
+    assert torch.allclose(normalised.double(), expected, atol=1e-6)
+    assert 0 < int(binary_masks(normalised, 0.4).sum(dim=(1, 2)).min())
+
+
+def test_constant_cams_after_upsampling_give_no_iou(build, run_metric, make_batch):
+    # 32x32 images, red 3.7 everywhere; a stride-4 1x1 conv gives 8x8 CAMs: t1 (R) is 3.7
+    # everywhere and t2 (G) 0: both constant, so both masks are empty and the image has
+    # no IoU (nan); the object IoU of an empty mask with a non-empty object is 0.
+    images = torch.zeros(2, 3, 32, 32)
+    images[:, 0] = 3.7
+    networks = {
+        "t1": gap_linear_network([[1, 0, 0], [0, 0, 0]], stride=4),
+        "t2": gap_linear_network([[0, 1, 0], [0, 0, 0]], stride=4),
+    }
+    assert raw_attention_maps(networks["t1"], images, method="cam").shape == (2, 8, 8)
+    for network in networks.values():
+        assert bool((attention_maps(network, images, method="cam") == 0).all())
+    logits = {role: network(images) for role, network in networks.items()}
+    objects = torch.zeros(2, 32, 32, dtype=torch.bool)
+    objects[:, 8:24, 8:24] = True
+    batch = make_batch(logits, torch.zeros(2, dtype=torch.long), images=images, networks=networks, student=None,
+                       masks=objects)
+    result = run_metric(build("attention-iou", overlay_images=0), batch, 2)
+    assert set(result) == {"attn_iou/t1~t2", "attn_iou_per_batch/t1~t2", "attn_object_iou/t1", "attn_object_iou/t2"}
+    assert result["attn_iou/t1~t2"] != result["attn_iou/t1~t2"]  # nan
+    assert result["attn_iou_per_batch/t1~t2"] != result["attn_iou_per_batch/t1~t2"]
+    assert result["attn_object_iou/t1"] == 0.0 and result["attn_object_iou/t2"] == 0.0
 
 
 # --------------------------------------------------------------------------- ViT maps

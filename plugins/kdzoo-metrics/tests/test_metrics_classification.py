@@ -81,6 +81,23 @@ def test_kl_of_two_fixed_distributions(build, run_metric, make_batch):
     assert run_metric(build("kl", temperature=2.0), batch, 1)["kl/student~t1"] == pytest.approx(expected_t2, rel=1e-6)
 
 
+def test_kl_direction_is_right_side_as_reference_for_every_pair(build, run_metric, make_batch):
+    # kl/A~B = KL(p_B || p_A): KL(teacher || student), KL(ensemble || student), KL(t2 || t1).
+    p = {"student": [0.5, 0.5], "t1": [0.9, 0.1], "t2": [0.2, 0.8]}
+    batch = make_batch({role: torch.log(torch.tensor([v])) for role, v in p.items()}, torch.tensor([0]))
+    result = run_metric(build("kl"), batch, 1)
+
+    def kl(ref, other):  # KL(ref || other)
+        return sum(a * math.log(a / b) for a, b in zip(ref, other))
+
+    ensemble = torch.log(torch.tensor([p["t1"], p["t2"]])).mean(0).softmax(0).tolist()  # mean logits
+    assert result["kl/student~t1"] == pytest.approx(kl(p["t1"], p["student"]), rel=1e-6)
+    assert result["kl/student~t2"] == pytest.approx(kl(p["t2"], p["student"]), rel=1e-6)
+    assert result["kl/student~ensemble"] == pytest.approx(kl(ensemble, p["student"]), rel=1e-6)
+    assert result["kl/t1~t2"] == pytest.approx(kl(p["t2"], p["t1"]), rel=1e-6)
+    assert kl(p["t2"], p["t1"]) != pytest.approx(kl(p["t1"], p["t2"]), rel=1e-3)  # the direction shows
+
+
 def test_kl_is_zero_for_identical_models_and_bf16_logits_work(build, run_metric, make_batch):
     logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)).bfloat16()
     batch = make_batch({"student": logits, "t1": logits}, torch.zeros(6, dtype=torch.long), teachers=("t1",))
