@@ -38,6 +38,13 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+class StorageError(KdzooError):
+    """A file kdzoo could not write (disk full, no permission): the message names the path;
+    the last good state is kept. Ends a grid too: the next arm would fail the same way."""
+
+    exit_code = 1
+
+
 class ComponentError(TrainingError):
     """Plugin code raised while a run used it. The message names the component, its
     plugin, the phase (and epoch and step) and the original error; ``--debug`` or

@@ -36,8 +36,10 @@ class KdzooGroup(click.Group):
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
+    if value and not debug_enabled():
+        # Plugin-code guards read the environment; restored when the command ends.
         os.environ[DEBUG_ENV] = "1"
+        ctx.call_on_close(lambda: os.environ.pop(DEBUG_ENV, None))
 
 
 @click.group(cls=KdzooGroup, context_settings={"help_option_names": ["-h", "--help"]})

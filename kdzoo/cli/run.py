@@ -42,10 +42,11 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
 @set_option
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run from its last complete epoch.")
 @click.option("--arms", "arm_patterns", metavar="GLOB[,GLOB]", help="Grids: run only the arms whose names match (e.g. to split a grid across processes).")
+@click.option("--force", is_flag=True, help="Resume a run whose spec changed since it started; rerun grid arms that finished with another spec.")
 @plugins_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...], resume_dir: Path | None,
-        arm_patterns: str | None, plugins_dirs: tuple[Path, ...], quiet: bool) -> None:
+        arm_patterns: str | None, force: bool, plugins_dirs: tuple[Path, ...], quiet: bool) -> None:
     """Train or distil as SPEC says, then print the results table."""
     from kdzoo.run import runner
     from kdzoo.run.tables import grid_table, run_table
@@ -56,7 +57,7 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
         if spec_path is not None or overrides:
             raise KdzooError("--resume takes its spec from the run directory: give no SPEC and no --set")
         host, spec = runner.resume_host_and_spec(resume_dir, plugins_dirs, load_host_with_warnings)
-        summary = runner.run_single(spec, host, resume_dir, resume=True, log=click.echo, progress=progress)
+        summary = runner.run_single(spec, host, resume_dir, resume=True, log=click.echo, progress=progress, force=force)
         click.echo(run_table(summary))
         return
     if spec_path is None:
@@ -65,7 +66,7 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
     if plan.grid:
         click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
-        results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress)
+        results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force)
         click.echo(grid_table(results))
         failed = [name for name, summary in results if "failed" in summary]
         if plan.study:

@@ -138,7 +138,7 @@ def make_register(registry: Registry, kind: str, plugin: str, attempted: list[tu
         if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise PluginError(f"{where}: factory must be a callable or 'module:attribute'")
         params = params or NoParams
-        examples = tuple(examples)
+        examples = tuple(examples) + tuple(getattr(params, "examples", ()))
         check_params_model(params, where, examples)
         if not description:
             doc = inspect.getdoc(factory) if callable(factory) else None

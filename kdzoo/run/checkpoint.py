@@ -8,6 +8,7 @@ prefixes come from :mod:`kdzoo.rundir`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,21 +18,50 @@ from typing import TYPE_CHECKING, Any
 
 import kdzoo
 from kdzoo import rundir
-from kdzoo.errors import KdzooError
+from kdzoo.errors import KdzooError, StorageError
 
 if TYPE_CHECKING:
     import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``; the temporary file never survives."""
+    """``write(tmp_path)``, flush it to disk, then rename onto ``path``: a reader (or a run
+    resumed after a kill, a crash or a full disk) sees the old file or the new, never a mix.
+
+    Files get the usual umask-respecting mode (a shared teacher cache stays readable), not
+    mkstemp's 0600. A failed write (disk full, no permission) is one ``StorageError``
+    naming the path; the previous file is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # after the write: a writer may recreate the file
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}; the previous version is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -62,7 +92,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
             tensor = tensor.clone()
         seen.add(ident)
         clean[key] = tensor
-    atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
+    from safetensors import SafetensorError
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(clean, tmp, metadata=metadata)
+        except SafetensorError as exc:  # safetensors reports I/O errors (ENOSPC) as its own
+            raise OSError(str(exc)) from None
+
+    atomic_write(Path(path), write)
 
 
 def load_tensors_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -91,9 +129,28 @@ def versions(plugin_versions: dict[str, str | None] | None = None) -> dict[str, 
     }
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``; manifest last."""
+    """Write ``model.safetensors`` and then ``model.json``, which holds the weights' sha256:
+    a manifest and weights that do not belong together are detected when loaded."""
     weights = Path(directory) / rundir.MODEL_FILE
     save_tensors(weights, tensors)
-    write_json(rundir.manifest_path(weights), {"format": rundir.CHECKPOINT_FORMAT, **manifest})
+    write_json(rundir.manifest_path(weights), {"format": rundir.CHECKPOINT_FORMAT, **manifest, "weights_sha256": file_sha256(weights)})
     return weights
+
+
+def verify_checkpoint(weights: Path, manifest: dict[str, Any]) -> None:
+    """Refuse weights whose sha256 is not the one their manifest recorded."""
+    expected = manifest.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise KdzooError(
+            f"checkpoint {weights} does not match its manifest {rundir.manifest_path(weights).name} (sha256 differs): "
+            "the pair was not written together; retrain or restore it"
+        )

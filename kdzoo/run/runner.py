@@ -23,6 +23,7 @@ from kdzoo.errors import KdzooError, TrainingError
 from kdzoo.host import PluginHost
 from kdzoo.run.checkpoint import write_json, write_text
 from kdzoo.spec import AnySpec, DistillSpec, validate_spec
+from kdzoo.spec.describe import spec_differences
 
 Log = Callable[[str], None]
 
@@ -31,7 +32,18 @@ def write_spec(run_dir: Path, spec: AnySpec) -> None:
     write_text(run_dir / rundir.SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
-def run_single(spec: AnySpec, host: PluginHost, run_dir: Path, resume: bool = False, log: Log = print, progress: bool | None = None) -> dict[str, Any]:
+def stored_spec(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved spec a run directory was started with (None if it has none readable)."""
+    path = run_dir / rundir.SPEC_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_single(spec: AnySpec, host: PluginHost, run_dir: Path, resume: bool = False, log: Log = print,
+               progress: bool | None = None, force: bool = False) -> dict[str, Any]:
     """Train or distil one run in ``run_dir`` (its inline teachers first) and return its summary."""
     from kdzoo.run.teachers import prepare_teachers
     from kdzoo.run.trainer import Trainer
@@ -39,10 +51,14 @@ def run_single(spec: AnySpec, host: PluginHost, run_dir: Path, resume: bool = Fa
     def train_teacher(teacher_spec, path: Path) -> None:
         run_single(teacher_spec, host, path, resume=rundir.has_state(path), log=log, progress=progress)
 
+    # The spec goes first: a run stopped while its teachers train can be resumed by its directory.
+    if not (resume and rundir.has_state(run_dir)):
+        write_spec(run_dir, spec)
     teachers = prepare_teachers(spec, host, train_teacher, log) if isinstance(spec, DistillSpec) else []
-    write_spec(run_dir, spec)
     trainer = Trainer(spec, host, run_dir, teachers, log=log)
-    return trainer.fit(resume=resume, progress_disabled=progress)
+    summary = trainer.fit(resume=resume, progress_disabled=progress, force=force)
+    write_spec(run_dir, spec)  # unchanged unless --force resumed under a changed spec
+    return summary
 
 
 def default_run_dir(spec: AnySpec, name: str | None, grid: bool) -> Path:
@@ -69,17 +85,43 @@ def failed_summary(spec: AnySpec, error: str) -> dict[str, Any]:
     return {"failed": error, "role": trained_role(spec.kind), "final": {}, "wall_time_s": None}
 
 
-def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, log: Log, progress: bool | None) -> list[tuple[str, dict[str, Any]]]:
+def check_finished_matches(arm_dir: Path, spec: AnySpec, force: bool) -> bool:
+    """True when ``arm_dir`` finished with exactly ``spec`` (skip it). A finished arm of a
+    different spec is refused, naming the differences, unless ``force`` (then it reruns)."""
+    if not rundir.is_finished(arm_dir):
+        return False
+    before = stored_spec(arm_dir)
+    now = spec.model_dump(mode="json")
+    if before == now:
+        return True
+    if not force:
+        differences = "; ".join(spec_differences(before or {}, now))
+        raise KdzooError(
+            f"{arm_dir} finished with a different spec ({differences}); its results would be reported as this "
+            "spec's. Use --force to rerun the arm, or another --out"
+        )
+    (arm_dir / rundir.SUMMARY_FILE).unlink()  # not finished any more while it reruns
+    for stale in (rundir.state_file(arm_dir), arm_dir / rundir.FAILED_FILE):
+        stale.unlink(missing_ok=True)
+    return False
+
+
+def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, log: Log, progress: bool | None,
+             force: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    for arm_name, spec in arms:  # every finished arm checked before any work starts
+        if rundir.is_finished(rundir.arm_dir(run_dir, arm_name)) and not force:
+            check_finished_matches(rundir.arm_dir(run_dir, arm_name), spec, force=False)
     results = []
     for i, (arm_name, spec) in enumerate(arms, 1):
         arm_dir = rundir.arm_dir(run_dir, arm_name)
-        if rundir.is_finished(arm_dir):
+        if check_finished_matches(arm_dir, spec, force):
             log(f"[{i}/{len(arms)}] {arm_name}: already finished, skipped")
             summary = json.loads((arm_dir / rundir.SUMMARY_FILE).read_text())
         else:
             log(f"[{i}/{len(arms)}] {arm_name}")
+            (arm_dir / rundir.FAILED_FILE).unlink(missing_ok=True)
             try:
-                summary = run_single(spec, host, arm_dir, resume=rundir.has_state(arm_dir), log=log, progress=progress)
+                summary = run_single(spec, host, arm_dir, resume=rundir.has_state(arm_dir), log=log, progress=progress, force=force)
             except TrainingError as exc:  # a diverging or failing arm must not end a grid
                 log(f"[{i}/{len(arms)}] {arm_name}: failed: {exc}")
                 write_json(arm_dir / rundir.FAILED_FILE, {"error": str(exc)})
@@ -121,4 +163,18 @@ def plan_runs(spec_data: dict[str, Any], runs: list[tuple[str, AnySpec]], out_di
     run_dir = out_dir or default_run_dir(runs[0][1], spec_data.get("name"), grid=grid)
     if not grid and rundir.is_finished(run_dir):
         raise KdzooError(f"{run_dir} already holds a finished run; choose another --out")
+    if not grid and rundir.has_state(run_dir):
+        raise KdzooError(f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or choose another --out")
+    ensure_writable_dir(run_dir)
     return Plan(runs, run_dir, grid, grid and is_study(spec_data))
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Create ``path`` now, so a run directory that cannot exist fails before any work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".kdzoo-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise KdzooError(f"--out {path}: cannot create or write the run directory ({exc.strerror or exc})") from None

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from kdzoo import rundir
 from kdzoo.errors import KdzooError
 from kdzoo.run.checkpoint import load_tensors_with_metadata, save_tensors
+from kdzoo.spec.describe import spec_differences
 
 STATE_FORMAT = "kdzoo-state/2"
 META_KEY = "kdzoo_state"
@@ -36,9 +37,10 @@ def state_tensors(network: nn.Module, losses: nn.Module, optimizer: torch.optim.
     return tensors, {"param_groups": optim["param_groups"], "scalar_state": scalar_state}
 
 
-def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> None:
+    """Save the state after ``epoch`` epochs, with the resolved spec it belongs to."""
     tensors, optimizer_meta = state_tensors(network, losses, optimizer)
-    meta = {"format": STATE_FORMAT, "epoch": epoch, "step": step, "optimizer": optimizer_meta}
+    meta = {"format": STATE_FORMAT, "epoch": epoch, "step": step, "optimizer": optimizer_meta, "spec": spec}
     save_tensors(rundir.state_file(run_dir), tensors, metadata={META_KEY: json.dumps(meta)})
 
 
@@ -46,8 +48,11 @@ def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """Restore the last saved epoch; (0, 0) when the run saved none."""
+def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any], force: bool = False) -> tuple[int, int]:
+    """Restore the last saved epoch; (0, 0) when the run saved none.
+
+    Refuses state saved under a different resolved spec (listing the differing fields)
+    unless ``force``: resuming it would silently mix two experiments."""
     path = rundir.state_file(run_dir)
     if not path.is_file():
         return 0, 0
@@ -58,8 +63,15 @@ def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: 
             raise ValueError(f"format {meta.get('format')!r}, expected {STATE_FORMAT!r}")
         epoch, step = int(meta["epoch"]), int(meta["step"])
         optimizer_meta = meta["optimizer"]
+        saved_spec = meta["spec"]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise KdzooError(f"{path} is not a kdzoo training state ({exc}); remove it to start the run over") from None
+    if saved_spec != spec and not force:
+        differences = "; ".join(spec_differences(saved_spec, spec))
+        raise KdzooError(
+            f"{run_dir} was started with a different spec ({differences}); resuming would mix two experiments. "
+            "Use --force to resume anyway, or another --out to start afresh"
+        )
     try:
         network.load_state_dict(_strip(tensors, rundir.STUDENT_PREFIX))
         losses.load_state_dict(_strip(tensors, rundir.LOSSES_PREFIX))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from kdzoo.api import ImageData, Network
 from kdzoo.errors import KdzooError
 from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_model
-from kdzoo.run.checkpoint import load_tensors
-from kdzoo.spec import DistillSpec, ModelRef, TrainSpec
+from kdzoo.run.checkpoint import load_tensors, verify_checkpoint
+from kdzoo.run.locking import exclusive_lock
+from kdzoo.spec import DistillSpec, TrainSpec
+from kdzoo.spec.models import check_checkpoint_manifest
 
 Log = Callable[[str], None]
 
@@ -31,13 +34,13 @@ class Teacher:
 
 def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network, dict[str, Any]]:
     """Rebuild a model from a kdzoo checkpoint and check that it fits ``data``."""
-    weights, manifest = rundir.resolve_checkpoint(path)
-    if manifest.get("num_classes") != data.num_classes:
+    weights, manifest, ref = check_checkpoint_manifest(path, host.registry)
+    if manifest["num_classes"] != data.num_classes:
         raise KdzooError(
-            f"checkpoint {weights} predicts {manifest.get('num_classes')} classes but dataset "
+            f"checkpoint {weights} predicts {manifest['num_classes']} classes but dataset "
             f"'{data.name}' has {data.num_classes}"
         )
-    ref = ModelRef.model_validate(manifest["model"], context={"registry": host.registry})
+    verify_checkpoint(weights, manifest)
     network = build_model(host.registry, ref.name, ref.params, num_classes=data.num_classes, image_size=data.image_size)
     prefix = rundir.BODY_PREFIX
     state = {k[len(prefix):]: v for k, v in load_tensors(weights).items() if k.startswith(prefix)}
@@ -57,10 +60,37 @@ def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network
 
 
 def teacher_dir(spec: TrainSpec) -> Path:
-    """Content-addressed home of an inline teacher: the same sub-spec is trained once."""
+    """Content-addressed home of an inline teacher: the same sub-spec is trained once.
+
+    The key is the normalised spec (every default filled in, see ``validate_spec``), so a
+    resumed run finds the teacher it trained before."""
     content = spec.model_dump(mode="json", exclude={"name", "output_dir", "plugins"})
     digest = hashlib.sha256(json.dumps({"spec": content, "kdzoo": __version__}, sort_keys=True).encode()).hexdigest()[:12]
     return rundir.teacher_cache_dir(spec.output_dir) / f"{spec.name or 'teacher'}-{digest}"
+
+
+def cached_teacher(name: str, spec: TrainSpec, path: Path, train: Callable[[TrainSpec, Path], Any], log: Log) -> None:
+    """Make ``path`` a finished teacher: reuse it, or train it and publish it.
+
+    Under a file lock, so a second process that needs the same teacher waits for the
+    first and reuses its result. Training happens in ``<path>.partial`` (resumed there
+    after a crash) and is published by one rename once finished: the cache never holds
+    a half-trained teacher under its final name.
+    """
+    if rundir.is_finished(path):
+        log(f"teacher {name}: reusing {path}")
+        return
+    lock = path.with_name(path.name + ".lock")
+    with exclusive_lock(lock, on_wait=lambda: log(f"teacher {name}: waiting for another process training it ({lock})")):
+        if rundir.is_finished(path):
+            log(f"teacher {name}: reusing {path}")
+            return
+        partial = path.with_name(path.name + ".partial")
+        log(f"teacher {name}: training {spec.model.name} with {spec.augmentation.name} augmentation -> {path}")
+        train(spec, partial)
+        if path.exists():  # not finished, so not published by this protocol: keep it aside
+            path.rename(path.with_name(f"{path.name}.stale-{os.getpid()}"))
+        os.rename(partial, path)
 
 
 def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[TrainSpec, Path], Any], log: Log) -> list[Teacher]:
@@ -74,11 +104,7 @@ def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[Train
         if t.train is None:
             continue
         path = teacher_dir(t.train)
-        if rundir.is_finished(path):
-            log(f"teacher {t.name}: reusing {path}")
-        else:
-            log(f"teacher {t.name}: training {t.train.model.name} with {t.train.augmentation.name} augmentation -> {path}")
-            train(t.train, path)
+        cached_teacher(t.name, t.train, path, train, log)
         loaded[t.name] = (path, *load_teacher(host, path, data))
     teachers = []
     for t in spec.teachers:

@@ -125,10 +125,10 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------
     def save_state(self, epoch: int, step: int) -> None:
-        save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer)
+        save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"))
 
-    def load_state(self) -> tuple[int, int]:
-        return load_state(self.run_dir, self.network, self.losses, self.optimizer)
+    def load_state(self, force: bool = False) -> tuple[int, int]:
+        return load_state(self.run_dir, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), force)
 
     # -- loop ------------------------------------------------------------------------
     def _teacher_outputs(self, images: Tensor, batch_uint8: Tensor, generator: torch.Generator) -> list[ModelOutputs]:
@@ -222,11 +222,11 @@ class Trainer:
             results.update({split_key(split, k): v for k, v in found.items()})
         return results
 
-    def fit(self, resume: bool = False, progress_disabled: bool | None = None) -> dict[str, Any]:
+    def fit(self, resume: bool = False, progress_disabled: bool | None = None, force: bool = False) -> dict[str, Any]:
         spec = self.spec
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / rundir.METRICS_FILE
-        start_epoch, step = self.load_state() if resume else (0, 0)
+        start_epoch, step = self.load_state(force) if resume else (0, 0)
         records = []
         if start_epoch and metrics_path.exists():
             # Drop records of an epoch whose state was never saved (crash in between).

@@ -50,3 +50,28 @@ def describe_error(error: dict[str, Any], prefix: str, root: type[BaseModel] | N
     if error["type"] == "missing":
         message = "required field is missing"
     return f"{where}: {message}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}.{index}"))
+        return out
+    return {prefix: value}
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> list[str]:
+    """``epochs: 5 -> 10`` lines for the fields where two resolved specs differ."""
+    a, b = _flatten(old), _flatten(new)
+    lines = [
+        f"{key}: {json.dumps(a.get(key, '(absent)'), default=str)} -> {json.dumps(b.get(key, '(absent)'), default=str)}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "(absent)") != b.get(key, "(absent)")
+    ]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import re
 from pathlib import Path
@@ -15,6 +14,8 @@ from pydantic import ValidationError
 from kdzoo.errors import KdzooError, SpecError, did_you_mean
 from kdzoo.host.registry import Registry
 from kdzoo.spec.describe import describe_error
+from kdzoo.spec.matrix import expand_matrix
+from kdzoo.spec.paths import set_path
 from kdzoo.spec.plugin_files import resolve_plugin_paths
 from kdzoo.spec.models import INHERITED_BY_TEACHERS, SPEC_KINDS, AnySpec, DistillSpec, RunSpec
 
@@ -23,7 +24,12 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KdzooError(f"spec file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(str(path), ["(top level): not a text file (a spec is UTF-8 YAML or JSON)"]) from None
+    except OSError as exc:
+        raise KdzooError(f"cannot read spec file {path}: {exc.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
@@ -34,38 +40,30 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested dicts/lists, creating dicts on the way."""
-    parts = dotted.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise KdzooError(f"'{dotted}': '{part}' is not an index of a list of {len(node)}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise KdzooError(f"'{dotted}': cannot set '{part}' inside a {type(node).__name__}")
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``--set key.path=value`` (value parsed as YAML: numbers, lists, booleans)."""
+    """``--set key.path=value`` (value parsed as YAML: numbers, lists, booleans).
+
+    ``--set matrix.optimizer.lr=[0.1,0.05]`` sets the matrix entry ``optimizer.lr``:
+    matrix keys are dotted paths themselves.
+    """
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise KdzooError(f"--set expects key.path=value, got '{item}'")
-        set_path(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise KdzooError(f"--set {key}: cannot parse the value {raw!r} as YAML ({problem}); quote strings, close lists") from None
+        if key.startswith("matrix.") and len(key) > len("matrix."):
+            matrix = data.get("matrix")
+            if matrix is not None and not isinstance(matrix, dict):
+                raise KdzooError(f"--set {key}: the spec's matrix is not a mapping")
+            data["matrix"] = {**(matrix or {}), key[len("matrix."):]: value}
+        else:
+            set_path(data, key, value)
     return data
 
 
@@ -82,6 +80,11 @@ def validate_spec(data: dict[str, Any], registry: Registry | None, source: str =
         raise SpecError(source, [describe_error(err, prefix="", root=model) for err in exc.errors()]) from None
     if isinstance(spec, DistillSpec):
         _inherit_teacher_defaults(spec)
+    if registry is not None:
+        # Normalise: components that came from defaults (e.g. the default `ce` loss) get
+        # their params filled in too, so a spec equals its resolved spec.yaml once reloaded
+        # (teacher cache keys, resume and grid-skip checks compare resolved specs).
+        spec = model.model_validate(spec.model_dump(mode="json"), context={"registry": registry})
     return spec
 
 
@@ -98,43 +101,8 @@ def _inherit_teacher_defaults(spec: DistillSpec) -> None:
         teacher.train.name = teacher.train.name or teacher.name
 
 
-def expand_matrix(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One spec with ``matrix:`` -> [(arm name, spec dict)] over the product of its values."""
-    matrix = data.get("matrix")
-    base = {k: v for k, v in data.items() if k != "matrix"}
-    if not matrix:
-        return [(data.get("name") or "run", base)]
-    if not isinstance(matrix, dict):
-        return [(data.get("name") or "run", data)]  # validation reports the bad matrix
-    paths = list(matrix)
-    arms = []
-    for values in itertools.product(*(matrix[p] if isinstance(matrix[p], list) else [matrix[p]] for p in paths)):
-        arm = copy.deepcopy(base)
-        for path, value in zip(paths, values):
-            set_path(arm, path, copy.deepcopy(value))
-        arm_name = "_".join(_slug(p, v) for p, v in zip(paths, values))
-        arm_name = arm_name if arm_name[:1].isalpha() else f"arm-{arm_name}"
-        arm["name"] = arm_name
-        arms.append((arm_name, arm))
-    return arms
-
-
-def _slug(path: str, value: Any) -> str:
-    """Short readable arm-name part for one matrix value."""
-    leaf = path.split(".")[-1]
-    if isinstance(value, dict) and "name" in value:
-        text = str(value["name"])
-    elif isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
-        text = "-".join(str(v["name"]) for v in value)
-    elif isinstance(value, (dict, list)):
-        text = f"{len(value)}"
-    else:
-        text = f"{leaf}{value}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-    return re.sub(r"[^A-Za-z0-9.-]", "-", text.replace("e+", "e"))  # 1e+30 -> 1e30, not 1e-30
-
-
 def load_spec(
-    path: str | Path, registry: Registry | None, overrides: list[str] | None = None
+    path: str | Path, registry: Registry | None, overrides: list[str] | None = None, max_arms: int | None = None
 ) -> tuple[dict[str, Any], list[tuple[str, AnySpec]]]:
     """Read, override, expand and validate a spec file.
 
@@ -143,7 +111,7 @@ def load_spec(
     """
     data = apply_overrides(read_spec_file(path), overrides or [])
     resolve_plugin_paths(data, Path(path).resolve().parent, str(path))
-    arms = expand_matrix(data)
+    arms = expand_matrix(data, max_arms=max_arms, source=str(path))
     problems: list[str] = []
     runs: list[tuple[str, AnySpec]] = []
     if data.get("matrix") is not None:

@@ -8,6 +8,7 @@ temperature before a single tensor is allocated.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,10 +32,30 @@ from kdzoo.spec.describe import describe_error
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"  # run and teacher names: file names, metric keys
 
 
-class StrictModel(BaseModel):
-    """Every spec object refuses unknown keys (the error names the allowed ones)."""
+MAX_NAME_LENGTH = 100  # names become directory names and metric keys
+MAX_STRING_LENGTH = 4096
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    return set().union(*(_leaf_types(a) for a in args)) if args else {annotation}
+
+
+class StrictModel(BaseModel):
+    """Every spec object refuses unknown keys (the error names the allowed ones), infinite
+    or NaN numbers, absurdly long strings, and ``true``/``false`` where a number is meant."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False, str_max_length=MAX_STRING_LENGTH)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads True as 1: a `--set epochs=true` would run one epoch.
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+            if bool not in leaves and leaves & {int, float}:
+                raise PydanticCustomError("bool_number", "expected a number, got a boolean", {})
+        return value
 
 
 def _registry(info: ValidationInfo) -> Registry | None:
@@ -146,7 +167,7 @@ class EvalSpec(StrictModel):
 class RunSpec(StrictModel):
     """Fields shared by every run kind."""
 
-    name: str | None = Field(None, pattern=IDENTIFIER_PATTERN, description="run name (default: the spec file name)")
+    name: str | None = Field(None, pattern=IDENTIFIER_PATTERN, max_length=MAX_NAME_LENGTH, description="run name (default: the spec file name)")
     seed: int = Field(0, ge=0, description="seeds model init, data order and augmentation")
     epochs: int = Field(10, ge=1, le=100000, description="passes over the training set")
     batch_size: int = Field(128, ge=1, le=65536, description="training batch size")
@@ -190,7 +211,7 @@ INHERITED_BY_TEACHERS = ("data", "device", "precision", "channels_last", "thread
 
 
 class TeacherSpec(StrictModel):
-    name: str = Field(pattern=IDENTIFIER_PATTERN, description="role name used in metric keys (e.g. t1)")
+    name: str = Field(pattern=IDENTIFIER_PATTERN, max_length=MAX_NAME_LENGTH, description="role name used in metric keys (e.g. t1)")
     checkpoint: Path | None = Field(None, description="a kdzoo checkpoint (.safetensors, its .json, or a run dir)")
     train: TrainSpec | None = Field(None, description="an inline train spec, trained first (and cached by content)")
     augmentation: AugmentationRef | None = Field(
@@ -205,15 +226,30 @@ class TeacherSpec(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _one_source(self) -> TeacherSpec:
+    def _one_source(self, info: ValidationInfo) -> TeacherSpec:
         if (self.checkpoint is None) == (self.train is None):
             raise PydanticCustomError("teacher_source", "a teacher needs exactly one of 'checkpoint' or 'train'", {})
         if self.checkpoint is not None:
-            try:
-                rundir.resolve_checkpoint(self.checkpoint)  # reads the manifest only: no torch
+            try:  # reads the manifest only (no torch): a bad checkpoint fails before any training
+                check_checkpoint_manifest(self.checkpoint, _registry(info))
             except KdzooError as exc:
                 raise PydanticCustomError("checkpoint", "checkpoint: {problem}", {"problem": str(exc)}) from None
         return self
+
+
+def check_checkpoint_manifest(path: Path, registry: Registry | None) -> tuple[Path, dict[str, Any], ModelRef]:
+    """The checkpoint's weights path, manifest and model reference, each checked: the model
+    is installed and its params valid, the class count a positive integer."""
+    weights, manifest = rundir.resolve_checkpoint(path)
+    classes = manifest.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise KdzooError(f"{rundir.manifest_path(weights)}: num_classes must be a positive integer (got {classes!r})")
+    try:
+        ref = ModelRef.model_validate(manifest["model"], context={"registry": registry})
+    except ValidationError as exc:
+        problems = "; ".join(describe_error(err, prefix="model") for err in exc.errors())
+        raise KdzooError(f"{rundir.manifest_path(weights)}: {problems}") from None
+    return weights, manifest, ref
 
 
 class StudentSpec(StrictModel):

@@ -1,0 +1,109 @@
+"""``matrix:``: one spec expanded into the product of its values, one named arm each.
+
+Arm names are directory names and must be unique: arms whose short names collide
+(e.g. two ``kd`` losses that differ only in params) are named from the values that
+differ. A grid larger than ``KDZOO_MAX_ARMS`` (default 10,000) is refused with its size
+before anything is expanded.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import re
+from typing import Any
+
+from kdzoo.errors import SpecError
+from kdzoo.spec.paths import set_path
+
+MAX_ARMS_ENV = "KDZOO_MAX_ARMS"
+DEFAULT_MAX_ARMS = 10_000
+
+
+def max_arms_allowed(override: int | None = None) -> int:
+    if override is not None:
+        return override
+    raw = os.environ.get(MAX_ARMS_ENV, "")
+    return int(raw) if raw.isdigit() else DEFAULT_MAX_ARMS
+
+
+def _values(entry: Any) -> list[Any]:
+    return entry if isinstance(entry, list) else [entry]
+
+
+def expand_matrix(data: dict[str, Any], max_arms: int | None = None, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
+    """One spec with ``matrix:`` -> [(arm name, spec dict)] over the product of its values."""
+    matrix = data.get("matrix")
+    base = {k: v for k, v in data.items() if k != "matrix"}
+    if not matrix:
+        return [(data.get("name") or "run", base)]
+    if not isinstance(matrix, dict):
+        return [(data.get("name") or "run", data)]  # validation reports the bad matrix
+    paths = list(matrix)
+    count = math.prod(len(_values(matrix[p])) for p in paths)
+    limit = max_arms_allowed(max_arms)
+    if count > limit:
+        sizes = " x ".join(f"{len(_values(matrix[p]))} ({p})" for p in paths)
+        raise SpecError(source, [f"matrix: {count:,} arms ({sizes}) is more than the limit of {limit:,}; "
+                                 f"narrow the matrix or raise {MAX_ARMS_ENV}"])
+    combos = list(itertools.product(*(_values(matrix[p]) for p in paths)))
+    names = unique_arm_names(paths, combos)
+    arms = []
+    for arm_name, values in zip(names, combos):
+        arm = copy.deepcopy(base)
+        for path, value in zip(paths, values):
+            set_path(arm, path, copy.deepcopy(value))
+        arm["name"] = arm_name
+        arms.append((arm_name, arm))
+    return arms
+
+
+def unique_arm_names(paths: list[str], combos: list[tuple[Any, ...]]) -> list[str]:
+    """Short names; where two collide, the colliding ones spell out their values in full
+    (component params included); a collision left after that gets a numeric suffix."""
+    names = [_arm_name(paths, values, verbose=False) for values in combos]
+    for name in {n for n in names if names.count(n) > 1}:
+        for i, values in enumerate(combos):
+            if names[i] == name:
+                names[i] = _arm_name(paths, values, verbose=True)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        if names.count(name) > 1:
+            names[i] = f"{name}-{seen[name]}"
+    return names
+
+
+def _arm_name(paths: list[str], values: tuple[Any, ...], verbose: bool) -> str:
+    name = "_".join(_slug(p, v, verbose) for p, v in zip(paths, values))
+    return name if name[:1].isalpha() else f"arm-{name}"
+
+
+def _component_slug(value: dict[str, Any], verbose: bool) -> str:
+    text = str(value["name"])
+    params = value.get("params") or {}
+    if verbose:
+        text += "".join(f"-{k}{_scalar(v)}" for k, v in sorted(params.items()))
+        if "weight" in value:
+            text += f"-w{_scalar(value['weight'])}"
+    return text
+
+
+def _scalar(value: Any) -> str:
+    return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _slug(path: str, value: Any, verbose: bool = False) -> str:
+    """Short readable arm-name part for one matrix value."""
+    leaf = path.split(".")[-1]
+    if isinstance(value, dict) and "name" in value:
+        text = _component_slug(value, verbose)
+    elif isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        text = "-".join(_component_slug(v, verbose) for v in value)
+    elif isinstance(value, (dict, list)):
+        text = "-".join(f"{k}{_scalar(v)}" for k, v in sorted(value.items())) if verbose and isinstance(value, dict) else f"{len(value)}"
+    else:
+        text = f"{leaf}{value}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return re.sub(r"[^A-Za-z0-9.-]", "-", text.replace("e+", "e"))  # 1e+30 -> 1e30, not 1e-30

@@ -1,0 +1,129 @@
+"""Fault injection: a short train run and a short distil run (inline teacher) are killed,
+or hit a full disk, at every file kdzoo renames into place; resuming then gives the
+uninterrupted result bit for bit (summary, metrics.jsonl and weights, timings apart)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from kdzoo import rundir
+from kdzoo.cli import cli
+from kdzoo.run import checkpoint, teachers
+
+TIMINGS = {"wall_time_s", "train_time_s", "images_per_s"}
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing in kdzoo may catch it (it is no Exception)."""
+
+
+class Faults:
+    """Counts renames (os.replace of atomic writes, os.rename of the teacher cache) and fails the N-th."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None, kind: str = "kill"):
+        self.calls = 0
+        self.fail_at = fail_at
+        self.kind = kind
+        self.failed: str | None = None
+        real_replace, real_rename = os.replace, os.rename
+        monkeypatch.setattr(checkpoint.os, "replace", lambda src, dst: self._hit(real_replace, src, dst))
+        monkeypatch.setattr(teachers.os, "rename", lambda src, dst: self._hit(real_rename, src, dst))
+
+    def _hit(self, real, src, dst):
+        index, self.calls = self.calls, self.calls + 1
+        if index == self.fail_at:
+            self.failed = str(dst)
+            if self.kind == "kill":
+                if Path(src).is_file():  # die half-way through the write before the rename
+                    Path(src).write_bytes(Path(src).read_bytes()[: Path(src).stat().st_size // 2])
+                raise Killed(dst)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+
+def _clean(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
+def outcome(run_dir: Path, root: Path) -> dict:
+    summary = json.loads((run_dir / rundir.SUMMARY_FILE).read_text())
+    summary = _clean(summary)
+    summary["teachers"] = {k: {**v, "checkpoint": Path(v["checkpoint"]).name} for k, v in summary.get("teachers", {}).items()}
+    records = [_clean(json.loads(line)) for line in (run_dir / rundir.METRICS_FILE).read_text().splitlines()]
+    weights = checkpoint.load_tensors(run_dir / rundir.MODEL_FILE)
+    manifest = json.loads((run_dir / rundir.MANIFEST_FILE).read_text())
+    manifest.pop("spec")  # holds the run's own output_dir
+    return {"summary": summary, "records": records, "weights": weights, "manifest": manifest}
+
+
+def same(a: dict, b: dict) -> None:
+    assert a["summary"] == b["summary"]
+    assert a["records"] == b["records"]
+    assert a["manifest"] == b["manifest"]
+    assert a["weights"].keys() == b["weights"].keys()
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key
+
+
+def _write(spec: dict, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "output_dir": str(folder / "runs")}))
+    return path
+
+
+def run_to_end(spec_path: Path, run_dir: Path) -> None:
+    """What a user does after a crash: resume the run directory, or start again when it
+    holds nothing to resume (killed before its spec was written)."""
+    args = ["run", "--resume", str(run_dir)] if (run_dir / rundir.SPEC_FILE).is_file() else ["run", str(spec_path), "--out", str(run_dir)]
+    result = CliRunner().invoke(cli, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def inject_everywhere(monkeypatch, spec: dict, tmp_path: Path, kinds: tuple[str, ...]) -> int:
+    reference_spec = _write(spec, tmp_path / "reference")
+    with monkeypatch.context() as m:
+        counter = Faults(m)
+        run_to_end(reference_spec, tmp_path / "reference" / "out")
+    reference = outcome(tmp_path / "reference" / "out", tmp_path / "reference")
+    survived = 0
+    for index in range(counter.calls):
+        for kind in kinds:
+            folder = tmp_path / f"{kind}-{index}"
+            spec_path = _write(spec, folder)
+            with monkeypatch.context() as m:
+                faults = Faults(m, fail_at=index, kind=kind)
+                if kind == "kill":
+                    with pytest.raises(Killed):
+                        CliRunner().invoke(cli, ["run", str(spec_path), "--out", str(folder / "out"), "--quiet"], catch_exceptions=False)
+                else:
+                    result = CliRunner().invoke(cli, ["run", str(spec_path), "--out", str(folder / "out"), "--quiet"])
+                    assert result.exit_code == 1, result.output
+                    message = result.output.strip().splitlines()[-1]
+                    assert message == f"Error: cannot write {faults.failed}: No space left on device; the previous version is kept" or (
+                        "teachers" in faults.failed and "No space left on device" in message), message
+            run_to_end(spec_path, folder / "out")
+            same(outcome(folder / "out", folder), reference)
+            survived += 1
+    return survived
+
+
+def test_a_train_run_survives_a_kill_or_full_disk_at_every_write(monkeypatch, tiny_train, tmp_path):
+    spec = {**tiny_train, "epochs": 2, "data": {**tiny_train["data"], "params": {"train_size": 64, "test_size": 32, "num_classes": 4}}}
+    survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill", "disk-full"))
+    assert survived >= 2 * 8  # spec, 2 x (metrics, state), model, manifest, summary
+
+
+def test_a_distil_run_with_an_inline_teacher_survives_a_kill_at_every_write(monkeypatch, tiny_distill, tmp_path):
+    data = {**tiny_distill["data"], "params": {"train_size": 64, "test_size": 32, "num_classes": 4}}
+    spec = {**tiny_distill, "epochs": 2, "data": data}
+    survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill",))
+    assert survived >= 8 + 1 + 8  # the teacher's writes, its publication, the student's
