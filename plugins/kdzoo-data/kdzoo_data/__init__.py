@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kdzoo import hookimpl
 
@@ -57,11 +57,36 @@ class SyntheticShapesParams(_Params):
         return self
 
 
+def _check_existing(path: Path | None, kind: Literal["folder", "file"], hint: str = "") -> Path | None:
+    """``path`` unchanged if it exists as a ``kind``; else ValueError saying what is wrong.
+
+    Relative paths mean what they mean when the data are read: relative to the working
+    directory (the message shows where that points). The value is kept as written, so
+    the resolved spec records the path the user gave.
+    """
+    if path is None:
+        return None
+    full = path.expanduser()
+    where = "" if full.is_absolute() else f" (relative to the working directory: {full.absolute()})"
+    if not full.exists():
+        raise ValueError(f"{kind} {path} does not exist{where}{hint}")
+    if kind == "folder" and not full.is_dir():
+        raise ValueError(f"{path} is a file, not a folder{where}{hint}")
+    if kind == "file" and full.is_dir():
+        raise ValueError(f"{path} is a folder, not a file{where}{hint}")
+    return path
+
+
 class ImageFolderParams(_Params):
     train_root: Path | None = Field(None, description="training split: a folder of <class>/<image> files (required)")
     test_root: Path | None = Field(None, description="test split, same class folders as train_root (required)")
     image_size: int | None = Field(None, ge=8, le=1024, description="resize the shorter side to this and centre-crop a square; required when image sizes differ")
     cache: bool = Field(True, description="keep the decoded tensors as a safetensors file under the cache dir (keyed by files, mtimes and image_size)")
+
+    @field_validator("train_root", "test_root")
+    @classmethod
+    def _root_exists(cls, root: Path | None) -> Path | None:
+        return _check_existing(root, "folder", "; expected a folder of <class>/<image> files")
 
 
 class Cifar10JpgParams(_Params):
@@ -70,10 +95,34 @@ class Cifar10JpgParams(_Params):
     image_size: int | None = Field(None, ge=8, le=1024, description="resize the shorter side and centre-crop (default: keep 32 px)")
     cache: bool = Field(True, description="keep the decoded tensors as a safetensors file under the cache dir")
 
+    @field_validator("archive")
+    @classmethod
+    def _archive_exists(cls, archive: Path | None) -> Path | None:
+        return _check_existing(archive, "file", "; expected a cifar10-jpg.tar.gz (an unpacked copy goes in root)")
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, root: Path | None) -> Path | None:
+        return _check_existing(root, "folder", "; expected the folder holding train/ and test/ (or its parent holding cifar10/)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Cifar10JpgParams:
+        if self.root is not None and self.archive is not None:
+            raise ValueError("give root or archive, not both")
+        return self
+
 
 class TorchvisionCifarParams(_Params):
-    root: Path | None = Field(None, description="folder holding the torchvision CIFAR python archive contents (default: <cache dir>/<dataset>)")
+    # download comes first: root's check reads it (a root that download will create may be missing).
     download: bool = Field(False, description="download into root when missing (needs network)")
+    root: Path | None = Field(None, description="folder holding the torchvision CIFAR python archive contents (default: <cache dir>/<dataset>)")
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, root: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("download"):
+            return root
+        return _check_existing(root, "folder", "; pass download: true to fetch the data into it, or root: a folder that holds them")
 
 
 # --------------------------------------------------------------------------- augmentations

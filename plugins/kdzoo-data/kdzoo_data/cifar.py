@@ -14,7 +14,9 @@ from torch import Tensor
 
 from kdzoo.api import ImageData
 from kdzoo.api import KdzooError
-from kdzoo_data.imagefolder import CACHE_FORMAT, cached_tensors, check_splits_agree, decode_images, is_image_file, load_split
+from kdzoo_data.imagefolder import (
+    CACHE_FORMAT, cached_tensors, check_splits_agree, decode_images, is_image_file, load_split, warn_if_single_class,
+)
 
 CIFAR10_JPG_ENV = "KDZOO_CIFAR10_JPG"
 SPLITS = ("train", "test")
@@ -58,6 +60,7 @@ def _from_tree(root: Path, image_size: int | None, cache_dir: Path | None, given
     train_images, train_labels, classes = load_split(candidate / "train", image_size=image_size, cache_dir=cache_dir)
     test_images, test_labels, test_classes = load_split(candidate / "test", image_size=image_size, cache_dir=cache_dir)
     check_splits_agree("cifar10-jpg", classes, test_classes, train_images, test_images, str(candidate))
+    warn_if_single_class("cifar10-jpg", classes, str(candidate))
     return ImageData(train_images, train_labels, test_images, test_labels, classes, name="cifar10-jpg")
 
 
@@ -89,9 +92,11 @@ def _from_archive(archive: Path, image_size: int | None, cache_dir: Path | None,
         return tensors, {"classes": json.dumps(split_classes["train"]), "archive": str(archive)}
 
     tensors, metadata = cached_tensors(cache_file, decode)
+    classes = json.loads(metadata["classes"])
+    warn_if_single_class("cifar10-jpg", classes, str(archive))
     return ImageData(
         tensors["train_images"], tensors["train_labels"], tensors["test_images"], tensors["test_labels"],
-        json.loads(metadata["classes"]), name="cifar10-jpg",
+        classes, name="cifar10-jpg",
     )
 
 

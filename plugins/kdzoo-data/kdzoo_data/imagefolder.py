@@ -1,21 +1,18 @@
 """``imagefolder``: ``root/<class>/<image>`` trees decoded once into uint8 tensors.
 
-JPEGs are decoded in batches with ``torchvision.io.decode_jpeg`` (PERF-NOTES: 50k
-CIFAR JPEGs in about 2 s); other formats go through ``decode_image`` and then PIL. The
-decoded split is cached as a safetensors file keyed by the resolved root, every
+Decoding (every file to 8-bit RGB, bad files named) lives in ``kdzoo_data.decoding``.
+The decoded split is cached as a safetensors file keyed by the resolved root, every
 file's relative path, size and mtime, and the target size, so a second load reads one
-file instead of decoding again.
+file instead of decoding again. A one-class dataset builds, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +21,11 @@ from torch import Tensor
 
 from kdzoo.api import ImageData
 from kdzoo.api import KdzooError
+from kdzoo_data.decoding import decode_images
 
 # torchvision's ImageFolder extensions, matched case-insensitively as it does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-JPEG_MAGIC = b"\xff\xd8\xff"
-DECODE_BATCH = 1024  # files read and decoded at a time: bounds the memory of encoded bytes
-CACHE_FORMAT = 1  # bump when the cached tensors' meaning changes
+CACHE_FORMAT = 2  # bump when the cached tensors' meaning changes (2: 16-bit images scaled, no longer wrapped)
 
 
 @dataclass
@@ -81,106 +77,6 @@ def _walk_images(class_dir: Path) -> Iterator[tuple[Path, os.stat_result]]:
             if is_image_file(filename):
                 path = Path(dirpath) / filename
                 yield path, path.stat()
-
-
-# --------------------------------------------------------------------------- decoding
-def decode_images(blobs: Iterable[tuple[str, bytes]], count: int, image_size: int | None) -> Tensor:
-    """Decode ``count`` encoded images given as (name, bytes) into one uint8 (N, 3, H, W) tensor.
-
-    With ``image_size`` each image's shorter side is resized to it and the centre square
-    kept; without it every image must already have the same size.
-    """
-    out: Tensor | None = None
-    first_name = ""
-    written = 0
-    for chunk in _chunks(blobs, DECODE_BATCH):
-        with _torchvision_io_quietly():
-            images = _decode_chunk(chunk)
-        if image_size is not None:
-            images = [_fit_square(image, image_size) for image in images]
-        if out is None:
-            out = torch.empty((count, *images[0].shape), dtype=torch.uint8)
-            first_name = chunk[0][0]
-        for (name, _), image in zip(chunk, images):
-            if image.shape != out.shape[1:]:
-                raise KdzooError(
-                    f"image {name} is {tuple(image.shape[1:])} but {first_name} is {tuple(out.shape[2:])}: "
-                    "set params.image_size to resize every image to one size"
-                )
-        if written + len(images) > count:
-            raise KdzooError(f"expected {count} images, got more")
-        torch.stack(images, out=out[written : written + len(images)])  # one copy per chunk, not per image
-        written += len(images)
-    if out is None or written != count:
-        raise KdzooError(f"expected {count} images, decoded {written}")
-    return out
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-@contextmanager
-def _torchvision_io_quietly():
-    # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which this
-    # environment lacks; the warning would repeat for every decoded batch.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
-        yield
-
-
-def _decode_chunk(chunk: list[tuple[str, bytes]]) -> list[Tensor]:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    decoded: list[Tensor | None] = [None] * len(chunk)
-    jpeg_positions = [i for i, (_, data) in enumerate(chunk) if data[:3] == JPEG_MAGIC]
-    if jpeg_positions:
-        try:
-            jpegs = decode_jpeg([_as_tensor(chunk[i][1]) for i in jpeg_positions], mode=ImageReadMode.RGB)
-            for i, image in zip(jpeg_positions, jpegs):
-                decoded[i] = image
-        except RuntimeError:
-            pass  # one bad or unusual file fails the batch: decode those one by one below
-    return [image if image is not None else _decode_one(name, data) for (name, data), image in zip(chunk, decoded)]
-
-
-def _as_tensor(data: bytes) -> Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _decode_one(name: str, data: bytes) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(_as_tensor(data), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        pass  # formats torchvision does not read (bmp, tiff, ppm, ...): PIL below
-    try:
-        import numpy as np
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-    except Exception as exc:
-        raise KdzooError(f"cannot decode image {name}: {exc}") from exc
-
-
-def _fit_square(image: Tensor, size: int) -> Tensor:
-    """Resize the shorter side to ``size`` (antialiased) and keep the centre square."""
-    if image.shape[-2:] == (size, size):
-        return image
-    from torchvision.transforms.v2 import functional as TF
-
-    image = TF.resize(image, size, antialias=True)
-    return TF.center_crop(image, [size, size])
 
 
 # --------------------------------------------------------------------------- caching
@@ -237,6 +133,17 @@ def check_splits_agree(name: str, train_classes: list[str], test_classes: list[s
         )
 
 
+def warn_if_single_class(name: str, classes: list[str], where: str) -> None:
+    """A warning (not an error: a pipeline smoke test may want it) for a one-class dataset."""
+    if len(classes) == 1:
+        warnings.warn(
+            f"{name}: only one class ('{classes[0]}') in {where}: with one class every prediction is right, "
+            "so accuracy and distillation are meaningless; add a folder per class",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def build_imagefolder(params, *, seed: int = 0, cache_dir: Path | None = None) -> ImageData:
     """Two ``<root>/<class>/<image>`` trees (train and test) as uint8 tensors, cached as safetensors.
 
@@ -249,4 +156,5 @@ def build_imagefolder(params, *, seed: int = 0, cache_dir: Path | None = None) -
     train_images, train_labels, classes = load_split(params.train_root, image_size=params.image_size, cache_dir=folder_cache)
     test_images, test_labels, test_classes = load_split(params.test_root, image_size=params.image_size, cache_dir=folder_cache)
     check_splits_agree("imagefolder", classes, test_classes, train_images, test_images, f"{params.train_root} vs {params.test_root}")
+    warn_if_single_class("imagefolder", classes, str(params.train_root))
     return ImageData(train_images, train_labels, test_images, test_labels, classes, name="imagefolder")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torchvision.io import encode_jpeg, encode_png
 
 from kdzoo.errors import KdzooError
@@ -123,8 +124,10 @@ def test_bmp_goes_through_pil_and_a_corrupt_jpeg_is_named(tmp_path):
 
 def test_imagefolder_errors_name_the_path(tmp_path):
     missing = tmp_path / "no-such-dir"
-    with pytest.raises(KdzooError, match="no-such-dir"):
-        build_imagefolder(ImageFolderParams(train_root=missing, test_root=missing), seed=0, cache_dir=tmp_path)
+    with pytest.raises(ValidationError, match="no-such-dir does not exist"):  # refused when the spec is validated
+        ImageFolderParams(train_root=missing, test_root=missing)
+    with pytest.raises(KdzooError, match="no-such-dir"):  # ... and when it vanished after validation
+        build_imagefolder(ImageFolderParams.model_construct(train_root=missing, test_root=missing), seed=0, cache_dir=tmp_path)
     with pytest.raises(KdzooError, match="train_root"):
         build_imagefolder(ImageFolderParams(), seed=0, cache_dir=tmp_path)
     root = write_tree(tmp_path / "train")
@@ -192,9 +195,13 @@ def test_cifar10_jpg_errors(tmp_path, monkeypatch):
     monkeypatch.delenv(CIFAR10_JPG_ENV, raising=False)
     with pytest.raises(KdzooError, match=CIFAR10_JPG_ENV):
         build_cifar10_jpg(Cifar10JpgParams(), seed=0, cache_dir=tmp_path)
+    # Missing paths are refused by the params model; the build still checks (data can vanish after validation).
     with pytest.raises(KdzooError, match="missing.tar.gz"):
-        build_cifar10_jpg(Cifar10JpgParams(archive=tmp_path / "missing.tar.gz"), seed=0, cache_dir=tmp_path)
+        build_cifar10_jpg(Cifar10JpgParams.model_construct(archive=tmp_path / "missing.tar.gz"), seed=0, cache_dir=tmp_path)
     with pytest.raises(KdzooError, match="nowhere"):
+        build_cifar10_jpg(Cifar10JpgParams.model_construct(root=tmp_path / "nowhere"), seed=0, cache_dir=tmp_path)
+    (tmp_path / "nowhere").mkdir()
+    with pytest.raises(KdzooError, match="nowhere.*neither train/ and test/"):
         build_cifar10_jpg(Cifar10JpgParams(root=tmp_path / "nowhere"), seed=0, cache_dir=tmp_path)
     monkeypatch.setenv(CIFAR10_JPG_ENV, str(tmp_path / "env-missing.tar.gz"))
     with pytest.raises(KdzooError, match="env-missing"):
@@ -204,9 +211,13 @@ def test_cifar10_jpg_errors(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- torchvision CIFAR
 @pytest.mark.parametrize("build", [build_cifar10, build_cifar100])
 def test_torchvision_cifar_without_files_or_download_is_a_user_error(build, tmp_path):
+    (tmp_path / "cifar-root").mkdir()  # a root without the CIFAR files in it
     with pytest.raises(KdzooError, match="download: true") as error:
         build(TorchvisionCifarParams(root=tmp_path / "cifar-root"), seed=0, cache_dir=tmp_path)
     assert str(tmp_path / "cifar-root") in str(error.value)
+    (tmp_path / "cifar-root").rmdir()  # a missing root is refused by the params model; the build still says what to do
+    with pytest.raises(KdzooError, match="download: true"):
+        build(TorchvisionCifarParams.model_construct(root=tmp_path / "cifar-root"), seed=0, cache_dir=tmp_path)
     with pytest.raises(KdzooError, match=str(tmp_path / "cache")):  # default root: under the cache dir
         build(TorchvisionCifarParams(), seed=0, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
