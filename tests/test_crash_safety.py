@@ -127,3 +127,27 @@ def test_a_distil_run_with_an_inline_teacher_survives_a_kill_at_every_write(monk
     spec = {**tiny_distill, "epochs": 2, "data": data}
     survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill",))
     assert survived >= 8 + 1 + 8  # the teacher's writes, its publication, the student's
+
+
+def test_two_processes_needing_one_teacher_train_it_once(tiny_distill, tmp_path):
+    """The second process waits on the teacher's lock, then reuses what the first trained."""
+    import subprocess
+    import sys
+
+    teacher = {"name": "t1", "train": {"model": tiny_distill["teachers"][0]["train"]["model"], "epochs": 3}}
+    spec = _write({**tiny_distill, "epochs": 1, "teachers": [teacher]}, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "kdzoo", "run", str(spec), "--out", str(tmp_path / f"student{i}"), "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    both = "\n".join(outputs)
+    assert both.count("teacher t1: training") == 1, both
+    assert both.count("teacher t1: reusing") == 1, both
+    cache = tmp_path / "runs" / rundir.TEACHERS_DIR
+    entries = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    assert len(entries) == 1 and not entries[0].endswith(".partial"), entries
+    assert len((cache / entries[0] / rundir.METRICS_FILE).read_text().splitlines()) == 3  # not interleaved
