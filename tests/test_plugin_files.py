@@ -28,7 +28,7 @@ MY_LOSSES = textwrap.dedent('''
     class SharpKD(Loss):
         def pair(self, student, teacher, batch, index):
             t = self.params.temperature
-            return F.kl_div(F.log_softmax(student.logits.float() / t, -1), F.softmax(teacher.logits.float(), -1), reduction="batchmean")
+            return F.kl_div(F.log_softmax(student.logits.float() / t, -1), F.softmax(teacher.logits.detach().float(), -1), reduction="batchmean")
 
     @hookimpl
     def register_losses(register):
@@ -112,3 +112,33 @@ def test_a_plugin_file_run_as_a_subprocess(tiny_distill, tmp_path):
     process = subprocess.run([sys.executable, "-m", "kdzoo", "validate", str(spec)], capture_output=True, text=True)
     assert process.returncode == 0, process.stderr
     assert "valid, one distill run" in process.stdout
+
+
+def test_plugins_check_takes_a_plugin_file(tmp_path):
+    good = tmp_path / "my_losses.py"
+    good.write_text(MY_LOSSES)
+    result = CliRunner().invoke(cli, ["plugins", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "plugin file imports" in result.output and "sharp-kd" in result.output
+    clash = tmp_path / "clash.py"
+    clash.write_text(CLASHING)
+    refused = CliRunner().invoke(cli, ["plugins", "check", str(clash)])
+    assert refused.exit_code != 0 and "'kdzoo-losses'" in refused.output
+    missing = CliRunner().invoke(cli, ["plugins", "check", str(tmp_path / "nope.py")])
+    assert missing.exit_code != 0 and "plugin file not found" in missing.output
+
+
+def test_plugins_new_from_a_file_packages_it_unchanged(tmp_path, monkeypatch):
+    from kdzoo.authoring.check import check_plugin
+
+    prototype = tmp_path / "my_losses.py"
+    prototype.write_text(MY_LOSSES)
+    root = tmp_path / "kdzoo-sharp"
+    result = CliRunner().invoke(cli, ["plugins", "new", "kdzoo-sharp", "--from", str(prototype), "--dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert (root / "kdzoo_sharp" / "__init__.py").read_text() == MY_LOSSES
+    assert '[project.entry-points.kdzoo]\nkdzoo-sharp = "kdzoo_sharp"' in (root / "pyproject.toml").read_text()
+    assert "check_plugin(\"kdzoo_sharp\")" in (root / "tests" / "test_kdzoo_sharp.py").read_text()
+    monkeypatch.syspath_prepend(str(root))
+    report = check_plugin("kdzoo_sharp")
+    assert report.ok, report.to_text()

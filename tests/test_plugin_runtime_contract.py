@@ -220,3 +220,68 @@ def test_a_run_subprocess_reports_a_plugin_failure_without_a_traceback(site, tin
     assert process.returncode == 1, process.stderr
     assert "loss 'flaky' (plugin 'flaky-plugin') failed in setup" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+# ----------------------------------------------------------------------------- figures and descriptions
+TENSOR_FIGURES = """
+import numpy as np
+import torch
+from kdzoo import hookimpl
+from kdzoo.api import Metric, role_key
+
+class Counting(Metric):
+    \"\"\"Counts images, reported as a 0-d tensor and as a numpy float.\"\"\"
+
+    def reset(self):
+        self.seen = 0
+
+    def update(self, batch):
+        self.seen += batch.targets.shape[0]
+
+    def compute(self):
+        return {role_key("seen", batch_role): torch.tensor(float(self.seen)) for batch_role in ["model"]} | {"seen_np/model": np.float32(self.seen)}
+
+class Undocumented(Metric):
+    def reset(self): pass
+    def update(self, batch): pass
+    def compute(self): return {}
+
+@hookimpl
+def register_metrics(register):
+    register("counting", Counting)
+    register("undocumented", Undocumented)
+"""
+
+
+def test_tensor_and_numpy_figures_are_recorded_as_numbers(site, tiny_train, write_spec, tmp_path):
+    site.install("figures-plugin", TENSOR_FIGURES)
+    result = _run(write_spec({**tiny_train, "epochs": 1, "metrics": ["accuracy", "counting"]}), "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["test/seen/model"] == 48.0 and record["test/seen_np/model"] == 48.0
+
+
+def test_a_description_is_never_borrowed_from_a_base_class(site):
+    site.install("figures-plugin", TENSOR_FIGURES)
+    registry = load_plugins().registry
+    assert registry.get("metric", "counting").description.startswith("Counts images")
+    assert registry.get("metric", "undocumented").description == ""
+
+
+def test_two_metrics_reporting_one_key_are_refused(tiny_train, write_spec):
+    spec = write_spec({**tiny_train, "epochs": 1, "metrics": ["accuracy", {"name": "accuracy", "params": {"topk": [1]}}]})
+    result = _run(spec)
+    assert result.exit_code == 1 and "metrics 'accuracy' and 'accuracy' both report 'top1/model'" in result.output
+
+
+def test_an_edited_plugin_file_gives_its_teacher_a_new_cache_entry(tiny_distill, tmp_path, host):
+    from kdzoo.run.teachers import teacher_dir
+    from kdzoo.spec import validate_spec
+
+    plugin = tmp_path / "extra.py"
+    plugin.write_text("from kdzoo import hookimpl\n")
+    spec = {**tiny_distill, "plugins": [str(plugin)], "output_dir": str(tmp_path)}
+    before = teacher_dir(validate_spec(spec, host.registry).teachers[0].train)
+    plugin.write_text("from kdzoo import hookimpl  # edited\n")
+    after = teacher_dir(validate_spec(spec, host.registry).teachers[0].train)
+    assert before != after and before.parent == after.parent

@@ -57,7 +57,7 @@ _EXPORTS: dict[str, str] = {
     "KdzooError": "kdzoo.errors",
     "did_you_mean": "kdzoo.errors",
     # checkpoint files (model plugins that load kdzoo checkpoints as weights)
-    "MODEL_FILE": "kdzoo.rundir",
+    "MODEL_FILE": "kdzoo.rundir",  # a run directory's checkpoint tensors: Network.body under BODY_PREFIX, loss state under LOSSES_PREFIX
     "BODY_PREFIX": "kdzoo.rundir",
     "LOSSES_PREFIX": "kdzoo.rundir",
 }

@@ -13,7 +13,18 @@ class ImageData:
     """A decoded image classification dataset held as uint8 tensors.
 
     Images are ``(N, 3, H, W)`` uint8, labels ``(N,)`` int64. ``*_masks`` are optional
-    ``(N, H, W)`` bool object masks (ground truth for attention checks).
+    ``(N, H, W)`` bool object masks (ground truth for attention checks). Construction
+    checks the images' dtype and layout and that each split has one label per image.
+
+    - ``train_images``: uint8 ``(N, 3, H, W)`` training images (RGB, square: ``H == W``).
+    - ``train_labels``: int64 ``(N,)`` class indices in ``[0, len(classes))``.
+    - ``test_images``: uint8 ``(M, 3, H, W)`` test images, the same size as the training ones.
+    - ``test_labels``: int64 ``(M,)`` class indices.
+    - ``classes``: the class names, in label order (``len(classes)`` is the class count).
+    - ``train_masks``: optional bool ``(N, H, W)`` object masks of the training images.
+    - ``test_masks``: optional bool ``(M, H, W)`` object masks of the test images (what
+      ``EvalBatch.masks`` is cut from on the ``test`` split).
+    - ``name``: a display name (optional).
     """
 
     train_images: Tensor
@@ -27,10 +38,12 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
+        """``len(classes)``."""
         return len(self.classes)
 
     @property
     def image_size(self) -> int:
+        """The side ``W`` of the training images."""
         return int(self.train_images.shape[-1])
 
     def __post_init__(self) -> None:
@@ -49,4 +62,11 @@ class Augmentation(Protocol):
     and resumable from its seed and epoch).
     """
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor: ...
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The augmented batch: uint8 ``(B, 3, H, W)`` in, uint8 of the same shape out.
+
+        ``images`` is on the CPU (augmentation runs in the main process, before the copy
+        to the device); ``generator`` is a CPU ``torch.Generator``. Do not modify
+        ``images`` in place: return a new tensor.
+        """
+        ...

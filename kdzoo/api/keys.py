@@ -13,7 +13,7 @@ Torch-free, so the report and the CLI can use it cheaply.
 
 from __future__ import annotations
 
-ENSEMBLE = "ensemble"
+ENSEMBLE = "ensemble"  # the role name of the teachers' mean logits (``role_logits``, ``role_pairs``)
 TRAIN_ROLE = "model"  # the trained model of a train run
 STUDENT_ROLE = "student"  # the trained model of a distill run
 SPLITS = ("train", "test", "test_aug")  # what `eval.splits` may name

@@ -15,24 +15,57 @@ from kdzoo.api.models import Network
 
 @dataclass
 class EvalBatch:
-    """One evaluation batch: every model's logits (and requested taps) on the same images."""
+    """One evaluation batch: every model's logits (and requested taps) on the same images.
 
-    logits: dict[str, Tensor]  # role -> logits: "model" in train runs; "student", "t1", ... in distill runs
-    features: dict[str, dict[str, Tensor]]  # role -> tap path -> output
+    - ``logits``: role -> fp32 logits ``(B, num_classes)``: ``"model"`` in train runs;
+      ``"student"`` and the teachers' names (``"t1"``, ...) in distill runs. There is no
+      ``"ensemble"`` entry: ``role_logits`` / ``ensemble_logits`` compute it.
+    - ``features``: role -> tap path -> the tapped module's raw output (a tuple output
+      is kept as is), for the paths ``Metric.taps`` asked for (across all metrics of the
+      run). A role that no metric asked taps of may be missing: use
+      ``batch.features.get(role, {})``.
+    - ``targets``: int64 ``(B,)`` labels.
+    - ``images``: float ``(B, 3, H, W)`` in [0, 1] at dataset resolution (not
+      normalised; augmented on the ``test_aug`` split).
+    - ``networks``: role -> ``Network``, in eval mode (for metrics that run their own
+      forwards, e.g. Grad-CAM).
+    - ``masks``: ``(B, H, W)`` bool object masks, when the dataset has them (``None`` on
+      the ``test_aug`` split, whose images are augmented).
+    - ``teachers``: the roles that are teachers, in the spec's order (empty in a train run).
+    - ``student``: the role being trained (``"model"`` or ``"student"``).
+    """
+
+    logits: dict[str, Tensor]
+    features: dict[str, dict[str, Tensor]]
     targets: Tensor
-    images: Tensor  # float in [0, 1] at dataset resolution
+    images: Tensor
     networks: dict[str, Network]
-    masks: Tensor | None = None  # (B, H, W) bool object masks, when the dataset has them
-    teachers: tuple[str, ...] = ()  # the roles that are teachers
-    student: str | None = None  # the role being trained ("model" or "student")
+    masks: Tensor | None = None
+    teachers: tuple[str, ...] = ()
+    student: str | None = None
 
 
 class Metric:
     """A streaming metric over one evaluation split: ``reset``, ``update`` per batch, ``compute``.
 
-    ``compute`` returns flat ``{"name/role": value}`` figures (floats); values that are
-    lists (for example reliability-diagram bins) are kept in the summary but not in
-    the per-epoch table. Heavy metrics set ``final_only = True``.
+    The core builds a fresh metric for every split of every evaluation, calls
+    ``reset`` and ``taps``, then ``update`` once per batch (under ``torch.no_grad`` and
+    the run's autocast) and ``compute`` once. ``compute`` returns flat
+    ``{"quantity/role": value}`` figures (keys from ``role_key`` / ``pair_key``, without
+    the split: the core prefixes ``train/``, ``test/`` or ``test_aug/``). Scalar
+    figures (Python ``float`` or ``int``) are recorded per evaluated epoch in
+    ``metrics.jsonl`` and, from the last epoch, in ``summary.json`` (``final``) and the
+    checkpoint manifest; values that are lists (for example reliability-diagram bins)
+    are kept only in ``summary.json``. The table ``kdzoo run`` prints has fixed columns
+    (test ``top1``, ``fidelity`` to the ensemble, ``attn_object_iou``): a plugin's
+    other figures are in the files, not in that table. Figures of all metrics share
+    one namespace: use quantity names of your own. Heavy metrics set
+    ``final_only = True``.
+
+    - ``params``: the validated instance of the component's params model (what the
+      factory received; ``self.params``).
+    - ``final_only``: ``True`` for metrics too costly for every evaluation: they run
+      only after the last epoch.
     """
 
     final_only: ClassVar[bool] = False
@@ -45,12 +78,15 @@ class Metric:
         return {}
 
     def reset(self) -> None:
+        """Create (or clear) the accumulated state; called before ``taps`` and the first ``update``."""
         raise NotImplementedError
 
     def update(self, batch: EvalBatch) -> None:
+        """Accumulate one evaluation batch (it must cope with a train run: one role, no teachers)."""
         raise NotImplementedError
 
     def compute(self) -> dict[str, Any]:
+        """The figures over every batch seen since ``reset``: ``{"quantity/role": float, ...}``."""
         raise NotImplementedError
 
 

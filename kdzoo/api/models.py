@@ -10,18 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel RGB mean of ImageNet: ``Network(mean=...)`` for ImageNet-pretrained bodies
+IMAGENET_STD = (0.229, 0.224, 0.225)  # per-channel RGB std of ImageNet: ``Network(std=...)`` for ImageNet-pretrained bodies
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel RGB mean of CIFAR-10 (the default ``Network(mean=...)``)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)  # per-channel RGB std of CIFAR-10 (the default ``Network(std=...)``)
 
 
 @dataclass(frozen=True)
 class CamHead:
-    """Where a CNN's class activation map comes from: the last feature map and the linear head."""
+    """Where a CNN's class activation map comes from: the last feature map and the linear head.
 
-    features: str  # module path (relative to Network.body) whose output is (B, C, h, w)
-    classifier: str  # module path of the nn.Linear(C, num_classes) head
+    - ``features``: module path (relative to ``Network.body``) whose output is the last
+      feature map ``(B, C, h, w)``.
+    - ``classifier``: module path of the ``nn.Linear(C, num_classes)`` head applied to
+      the pooled ``features``.
+    """
+
+    features: str
+    classifier: str
 
 
 class Network(nn.Module):
@@ -30,14 +36,28 @@ class Network(nn.Module):
     ``forward`` takes float images in [0, 1] at the dataset's resolution, resizes and
     normalises them for ``body`` and returns logits. Tap paths (``stages``,
     ``embedding``, ``cam``, ``attention``) are module paths inside ``body`` that the core
-    hooks with forward hooks; the body itself is never modified.
+    hooks with forward hooks; the body itself is never modified. A tapped module's
+    output must not be changed in place later in the forward (use ``nn.ReLU()``, not
+    ``nn.ReLU(inplace=True)``, right after a tapped module), or the tap sees the change.
 
+    - ``body``: the ``nn.Module`` itself; it receives normalised float images and
+      returns logits (or an object ``logits_of`` reads them from). Its state dict is
+      what a checkpoint saves (under ``BODY_PREFIX``).
+    - ``num_classes``: the number of classes the head predicts; must equal the
+      ``num_classes`` the factory was called with (the core refuses a mismatch).
+    - ``input_size``: resize (bilinear) images to this square size before ``body``;
+      ``None`` feeds the dataset's resolution unchanged.
+    - ``mean``: per-channel RGB mean subtracted after resizing (``CIFAR_MEAN`` by
+      default; ``IMAGENET_MEAN`` for ImageNet-pretrained bodies).
+    - ``std``: per-channel RGB standard deviation divided by after subtracting ``mean``.
     - ``stages``: outputs of the network's stages, shallow to deep (feature losses).
     - ``embedding``: the pooled penultimate features (flattened to ``(B, D)`` by users).
     - ``cam``: last feature map and linear head, for class activation maps.
     - ``attention``: (transformers) module paths whose forward output is the attention
       probabilities ``(B, heads, N, N)``, or a tuple whose second item is.
     - ``logits_of``: extracts logits from the body's output (HF returns an output object).
+    - ``family``: ``"cnn"`` (gets channels_last memory format by default, see the spec's
+      ``channels_last``) or any other name, e.g. ``"vit"`` (does not).
     """
 
     def __init__(
@@ -69,11 +89,13 @@ class Network(nn.Module):
         self.family = family
 
     def preprocess(self, images: Tensor) -> Tensor:
+        """Resize ``images`` (float, [0, 1]) to ``input_size`` when set, then normalise with ``mean``/``std``."""
         if self.input_size is not None and images.shape[-1] != self.input_size:
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of float images in [0, 1]: ``body(preprocess(images))``, through ``logits_of`` when set."""
         out = self.body(self.preprocess(images))
         return self.logits_of(out) if self.logits_of is not None else out
 

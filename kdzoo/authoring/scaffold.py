@@ -53,8 +53,12 @@ def plugin_names(name: str) -> PluginNames:
     )
 
 
-def create_plugin(name: str, root: Path | None = None) -> Path:
-    """Write the package for plugin ``name`` into ``root`` (default: ``./<name>``) and return it."""
+def create_plugin(name: str, root: Path | None = None, from_file: Path | None = None) -> Path:
+    """Write the package for plugin ``name`` into ``root`` (default: ``./<name>``) and return it.
+
+    ``from_file``: a single-file plugin (a prototype used with ``plugins: [file.py]``)
+    becomes the package's hook module as it is, with a test that runs ``plugins check``.
+    """
     names = plugin_names(name)
     root = Path(root) if root is not None else Path(names.distribution)
     if root.exists() and any(root.iterdir()):
@@ -76,6 +80,15 @@ def create_plugin(name: str, root: Path | None = None) -> Path:
         f"{names.module}/loss.py": LOSS_MODULE,
         f"tests/test_{names.module}.py": TESTS,
     }
+    if from_file is not None:
+        source = Path(from_file).read_text(encoding="utf-8")
+        values["source"] = Path(from_file).name
+        files = {
+            "pyproject.toml": PYPROJECT.replace("a confidence-weighted knowledge-distillation loss", "from $source"),
+            "README.md": FROM_FILE_README,
+            f"{names.module}/__init__.py": source.replace("$", "$$"),  # the file as it is
+            f"tests/test_{names.module}.py": FROM_FILE_TESTS,
+        }
     for relative, template in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +251,30 @@ def test_bad_params_are_refused():
 def test_plugin_passes_kdzoo_plugins_check():
     report = check_plugin("$module")
     assert report.ok, report.to_text()
+'''
+
+FROM_FILE_TESTS = '''\
+"""$distribution: the plugin file $source, packaged. Add tests of its components here."""
+
+from kdzoo.authoring.check import check_plugin
+
+
+def test_plugin_passes_kdzoo_plugins_check():
+    report = check_plugin("$module")
+    assert report.ok, report.to_text()
+'''
+
+FROM_FILE_README = '''\
+# $distribution
+
+A kdzoo plugin, packaged from the single-file plugin `$source`: its hook module is
+`$module/__init__.py`, unchanged.
+
+```bash
+kdzoo install -e .          # then drop `plugins: [$source]` from your specs
+kdzoo plugins check $distribution
+python -m pytest
+```
 '''
 
 README = '''\

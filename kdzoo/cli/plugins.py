@@ -193,8 +193,11 @@ def check(ctx: click.Context, target: str, as_json: bool, params: tuple[str, ...
 @click.option(
     "--dir", "root", type=click.Path(file_okay=False, path_type=Path), help="Folder to write the package to (default: ./NAME)."
 )
-def new(name: str, root: Path | None) -> None:
-    """Start a plugin package NAME (e.g. kdzoo-confidence) with one sample loss.
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Package this single-file plugin (the FILE.py a spec lists under plugins:) instead of the sample loss.")
+def new(name: str, root: Path | None, from_file: Path | None) -> None:
+    """Start a plugin package NAME (e.g. kdzoo-confidence) with one sample loss,
+    or from a single-file plugin (--from my_losses.py).
 
     It installs, passes `kdzoo plugins check` and its own tests as it stands; then
     make the loss your own.
@@ -212,11 +215,11 @@ def new(name: str, root: Path | None) -> None:
     else:
         raise KdzooError(f"a distribution named {names.distribution} is already installed; choose another NAME")
     clash = get_host().registry.components.get(("loss", names.loss))
-    if clash is not None:
+    if clash is not None and from_file is None:
         raise KdzooError(
             f"the sample loss would be called '{names.loss}', which plugin '{clash.plugin}' already registers; choose another NAME"
         )
-    root = create_plugin(name, root)
+    root = create_plugin(name, root, from_file)
     click.echo(f"Created plugin {names.distribution} in {root}:")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         click.echo(f"  {path.relative_to(root)}")

@@ -234,7 +234,7 @@ _HOSTS: dict[tuple[str, ...], PluginHost] = {}
 
 def get_host(plugin_files: list[Path] | None = None) -> PluginHost:
     """The process-wide plugin host (per set of plugin files), loaded on first use."""
-    key = tuple(sorted(str(Path(p).resolve()) for p in plugin_files or []))
+    key = tuple(dict.fromkeys(str(Path(p).resolve()) for p in plugin_files or []))  # in the order given
     if key not in _HOSTS:
         _HOSTS[key] = load_plugins(plugin_files=[Path(p) for p in key])
     return _HOSTS[key]

@@ -140,9 +140,11 @@ def make_register(registry: Registry, kind: str, plugin: str, attempted: list[tu
         params = params or NoParams
         examples = tuple(examples) + tuple(getattr(params, "examples", ()))
         check_params_model(params, where, examples)
-        if not description:
-            doc = inspect.getdoc(factory) if callable(factory) else None
-            description = (doc or "").strip().splitlines()[0] if doc else ""
+        if not description and callable(factory):
+            # The factory's own docstring only: a Loss subclass must not borrow Loss's.
+            doc = factory.__dict__.get("__doc__") if inspect.isclass(factory) else factory.__doc__
+            doc = inspect.cleandoc(doc) if isinstance(doc, str) else ""
+            description = doc.splitlines()[0] if doc else ""
         registry.add(Component(kind, name, factory, params, description.strip(), plugin, examples))
 
     return register

@@ -24,6 +24,16 @@ def forward_with_taps(network: Network, images: Tensor, paths: list[str], raw: b
     return logits, dict(features)
 
 
+def as_figure(value: Any) -> Any:
+    """A 0-d tensor or numpy number as a Python float (so it reaches metrics.jsonl and the
+    manifest); other values (lists of reliability bins, overlays) as they are."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.item())
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        return float(value.item())
+    return value
+
+
 class Evaluator:
     """Runs every role over a split and feeds the metrics (streaming)."""
 
@@ -80,10 +90,18 @@ class Evaluator:
         for role, chunks in fresh.items():
             self._frozen_logits[(split, role)] = torch.cat(chunks)
         results: dict[str, Any] = {}
+        owners: dict[str, str] = {}
         for component, metric in metrics:
             with plugin_code(component, f"compute on the {split} split", epoch=epoch):
                 figures = metric.compute()
             if not isinstance(figures, dict):
                 raise ComponentError(f"metric '{component.name}' (plugin '{component.plugin}') returned {type(figures).__name__} from compute, not a dict of figures")
-            results.update(figures)
+            for key, value in figures.items():
+                if key in owners:  # two metrics writing one key: the second would silently win
+                    raise ComponentError(
+                        f"metrics '{owners[key]}' and '{component.name}' both report '{key}'; give them different "
+                        "params or drop one from the spec"
+                    )
+                owners[key] = component.name
+                results[key] = as_figure(value)
         return results

@@ -15,7 +15,7 @@ from kdzoo.api import ImageData, Network
 from kdzoo.errors import KdzooError
 from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_model
-from kdzoo.run.checkpoint import load_tensors, verify_checkpoint
+from kdzoo.run.checkpoint import file_sha256, load_tensors, verify_checkpoint
 from kdzoo.run.locking import exclusive_lock
 from kdzoo.spec import DistillSpec, TrainSpec
 from kdzoo.spec.models import check_checkpoint_manifest
@@ -65,7 +65,10 @@ def teacher_dir(spec: TrainSpec) -> Path:
     The key is the normalised spec (every default filled in, see ``validate_spec``), so a
     resumed run finds the teacher it trained before."""
     content = spec.model_dump(mode="json", exclude={"name", "output_dir", "plugins"})
-    digest = hashlib.sha256(json.dumps({"spec": content, "kdzoo": __version__}, sort_keys=True).encode()).hexdigest()[:12]
+    # Plugin files count by content, not path: an edited prototype trains a new teacher.
+    plugin_files = [file_sha256(Path(p)) if Path(p).is_file() else p for p in spec.plugins]
+    key = {"spec": content, "kdzoo": __version__, "plugin_files": plugin_files}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return rundir.teacher_cache_dir(spec.output_dir) / f"{spec.name or 'teacher'}-{digest}"
 
 

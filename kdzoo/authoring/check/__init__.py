@@ -79,6 +79,9 @@ def _check_static(target: Target, report: CheckReport, checks: Checks) -> _Check
         return checked
     if ep is not None:
         checks.add("import", target.module, PASS, f"entry point {ep.name} = {ep.value} imports")
+    elif target.file is not None:
+        checks.add("import", target.module, PASS,
+                   "plugin file imports; use it with `plugins: [FILE]` in a spec or `kdzoo run --plugins-dir DIR`")
     else:
         checks.add("import", target.module, PASS,
                    f"module imports; it is not installed with an entry point in the '{hookspecs.ENTRY_POINT_GROUP}' "

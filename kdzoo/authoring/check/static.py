@@ -21,15 +21,16 @@ from kdzoo.authoring.catalogue import normalise
 from kdzoo.authoring.check.report import FAIL, PASS, Checks
 from kdzoo.errors import did_you_mean
 from kdzoo.host import hookspecs
-from kdzoo.host.loading import new_manager, plugin_entry_points, required_api
+from kdzoo.host.loading import import_plugin_file, new_manager, plugin_entry_points, required_api
 
 
 # ----------------------------------------------------------------------------- resolving the target
 @dataclass
 class Target:
-    name: str  # the plugin name kdzoo uses (entry-point name, or the module name)
+    name: str  # the plugin name kdzoo uses (entry-point name, the module name, or the file name)
     module: str
     entry_point: md.EntryPoint | None = None
+    file: Path | None = None  # a single-file plugin (plugins: [file.py] in a spec, --plugins-dir)
 
     @property
     def distribution(self) -> md.Distribution | None:
@@ -38,6 +39,8 @@ class Target:
     def load(self) -> Any:  # the hook module (checked to be a module by the caller)
         if self.entry_point is not None:
             return self.entry_point.load()
+        if self.file is not None:
+            return import_plugin_file(self.file)  # exactly as `kdzoo run` loads plugin files
         return importlib.import_module(self.module)
 
 
@@ -49,7 +52,14 @@ def _module_exists(name: str) -> bool:
 
 
 def resolve(target: str, checks: Checks) -> list[Target]:
-    """The plugins ``target`` names: an entry point, a distribution's entry points, or a module."""
+    """The plugins ``target`` names: an entry point, a distribution's entry points, a module,
+    or a plugin file (``my_losses.py``)."""
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if path.is_file():
+            return [Target(path.name, str(path), file=path)]
+        checks.add("resolve", target, FAIL, f"plugin file not found: {path}")
+        return []
     eps = plugin_entry_points()
     by_name = [ep for ep in eps if ep.name == target]
     by_dist = [ep for ep in eps if ep.dist is not None and normalise(ep.dist.metadata["Name"]) == normalise(target)]
