@@ -151,3 +151,17 @@ def test_two_processes_needing_one_teacher_train_it_once(tiny_distill, tmp_path)
     entries = sorted(p.name for p in cache.iterdir() if p.is_dir())
     assert len(entries) == 1 and not entries[0].endswith(".partial"), entries
     assert len((cache / entries[0] / rundir.METRICS_FILE).read_text().splitlines()) == 3  # not interleaved
+
+
+def test_the_teacher_cache_key_survives_a_round_trip_through_spec_yaml(tiny_distill, tmp_path, host):
+    """Defaults filled in (the default `ce` loss's label_smoothing, accuracy's topk) must not
+    change the key when the resolved spec is read back, as --resume does."""
+    from kdzoo.run.teachers import teacher_dir
+    from kdzoo.spec import validate_spec
+
+    spec = {k: v for k, v in tiny_distill.items() if k not in ("losses", "metrics")}
+    first = validate_spec({**spec, "output_dir": str(tmp_path)}, host.registry)
+    reread = validate_spec(yaml.safe_load(yaml.safe_dump(first.model_dump(mode="json"))), host.registry)
+    assert reread.model_dump(mode="json") == first.model_dump(mode="json")
+    assert teacher_dir(reread.teachers[0].train) == teacher_dir(first.teachers[0].train)
+    assert first.teachers[0].train.losses[0].params == {"label_smoothing": 0.0}
