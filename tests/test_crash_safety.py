@@ -119,6 +119,7 @@ def inject_everywhere(monkeypatch, spec: dict, tmp_path: Path, kinds: tuple[str,
 def test_a_train_run_survives_a_kill_or_full_disk_at_every_write(monkeypatch, tiny_train, tmp_path):
     spec = {**tiny_train, "epochs": 2, "data": {**tiny_train["data"], "params": {"train_size": 64, "test_size": 32, "num_classes": 4}}}
     survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill", "disk-full"))
+    print(f"train run: {survived} faults injected and survived")
     assert survived >= 2 * 8  # spec, 2 x (metrics, state), model, manifest, summary
 
 
@@ -126,6 +127,7 @@ def test_a_distil_run_with_an_inline_teacher_survives_a_kill_at_every_write(monk
     data = {**tiny_distill["data"], "params": {"train_size": 64, "test_size": 32, "num_classes": 4}}
     spec = {**tiny_distill, "epochs": 2, "data": data}
     survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill",))
+    print(f"distil run: {survived} faults injected and survived")
     assert survived >= 8 + 1 + 8  # the teacher's writes, its publication, the student's
 
 
