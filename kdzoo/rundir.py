@@ -13,9 +13,14 @@ A run directory::
     model.json           the checkpoint manifest (format, model reference, spec, versions, metrics)
     summary.json         written last: its presence (with the checkpoint) marks the run finished
     failed.json          a grid arm that stopped (the error)
+    running.json         while a process runs it: pid, host, start time (removed at the end;
+                         left behind by a kill, which ``kdzoo status`` tells from a live run)
 
-A grid directory holds one run directory per arm under ``arms/``; inline teachers are
-cached by content under ``OUTPUT_DIR/teachers/``.
+A grid directory holds one run directory per arm under ``arms/``, ``grid.json`` (every
+arm planned so far and the teacher cache entries each needs: what ``kdzoo status`` lists)
+and, when a launcher ran it, ``launch/`` (one log per job, submitit's folder). Inline
+teachers are cached by content under ``OUTPUT_DIR/teachers/NAME-DIGEST``, trained in
+``NAME-DIGEST.partial`` under the lock ``NAME-DIGEST.lock``.
 """
 
 from __future__ import annotations
@@ -34,8 +39,15 @@ MANIFEST_FILE = "model.json"
 FAILED_FILE = "failed.json"
 STATE_DIR = "state"
 STATE_FILE = "last.safetensors"
+RUNNING_FILE = "running.json"
 ARMS_DIR = "arms"
 TEACHERS_DIR = "teachers"
+GRID_FILE = "grid.json"
+LAUNCH_DIR = "launch"
+SUBMITIT_DIR = "submitit"
+LOG_SUFFIX = ".log"
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
 
 CHECKPOINT_FORMAT = "kdzoo-checkpoint/1"
 
@@ -75,6 +87,26 @@ def arm_dirs(grid_dir: str | Path) -> list[Path] | None:
 
 def teacher_cache_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / TEACHERS_DIR
+
+
+def teacher_partial_dir(teacher: str | Path) -> Path:
+    """Where a cached teacher trains before it is published under its final name."""
+    teacher = Path(teacher)
+    return teacher.with_name(teacher.name + PARTIAL_SUFFIX)
+
+
+def teacher_lock_file(teacher: str | Path) -> Path:
+    teacher = Path(teacher)
+    return teacher.with_name(teacher.name + LOCK_SUFFIX)
+
+
+def launch_log(grid_dir: str | Path, job_name: str) -> Path:
+    """The output of one launched job (a teacher or an arm) of a grid."""
+    return Path(grid_dir) / LAUNCH_DIR / f"{job_name}{LOG_SUFFIX}"
+
+
+def submitit_dir(grid_dir: str | Path) -> Path:
+    return Path(grid_dir) / LAUNCH_DIR / SUBMITIT_DIR
 
 
 def manifest_path(weights: Path) -> Path:

@@ -38,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "role_logits": "kdzoo.api.metrics",
     "role_pairs": "kdzoo.api.metrics",
     "student_role": "kdzoo.api.metrics",
+    # several processes (DDP): identity in a single process
+    "Reducer": "kdzoo.api.distributed",
+    "all_gather_tensor": "kdzoo.api.distributed",
+    "rank": "kdzoo.api.distributed",
+    "world_size": "kdzoo.api.distributed",
     # metric keys
     "ENSEMBLE": "kdzoo.api.keys",
     "role_key": "kdzoo.api.keys",
@@ -81,6 +86,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from kdzoo.api.connectors import as_embedding, as_feature_map, count_parameters, embedding_shape, feature_map_shape, make_connector
     from kdzoo.api.data import Augmentation, ImageData
+    from kdzoo.api.distributed import Reducer, all_gather_tensor, rank, world_size
     from kdzoo.api.keys import ENSEMBLE, pair_key, role_key
     from kdzoo.api.losses import DistillBatch, Loss, ModelOutputs, SetupContext, TapShapes
     from kdzoo.api.metrics import EvalBatch, Metric, ensemble_logits, role_logits, role_pairs, student_role

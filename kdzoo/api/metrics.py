@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from kdzoo.api.distributed import Reducer
 from kdzoo.api.keys import ENSEMBLE
 from kdzoo.api.models import Network
 
@@ -33,6 +34,11 @@ class EvalBatch:
       the ``test_aug`` split, whose images are augmented).
     - ``teachers``: the roles that are teachers, in the spec's order (empty in a train run).
     - ``student``: the role being trained (``"model"`` or ``"student"``).
+    - ``offset``: the position of the batch's first image in the split (batches are
+      contiguous runs of the split, in order). ``None`` when the caller does not say
+      (a metric then counts the images it has seen); under several processes a rank
+      sees only some batches, so metrics with figures over runs of consecutive images
+      place them by ``offset``.
     """
 
     logits: dict[str, Tensor]
@@ -43,6 +49,7 @@ class EvalBatch:
     masks: Tensor | None = None
     teachers: tuple[str, ...] = ()
     student: str | None = None
+    offset: int | None = None
 
 
 class Metric:
@@ -61,6 +68,15 @@ class Metric:
     other figures are in the files, not in that table. Figures of all metrics share
     one namespace: use quantity names of your own. Heavy metrics set
     ``final_only = True``.
+
+    Several processes (``torchrun``, ``kdzoo run --nproc N``): the evaluator gives each
+    rank whole evaluation batches (batch ``i`` to rank ``i % world_size``; ``offset``
+    says where a batch sits in the split), then calls ``reduce`` once on every rank
+    before ``compute``, so that each rank's accumulators become those of the whole
+    split. Whole batches keep every per-batch quantity what it is in one process; the
+    figures equal a single-process evaluation's, exactly for counts and up to float
+    summation order (about 1e-15 relative in float64) for sums. A single process never
+    calls ``reduce``.
 
     - ``params``: the validated instance of the component's params model (what the
       factory received; ``self.params``).
@@ -88,6 +104,36 @@ class Metric:
     def compute(self) -> dict[str, Any]:
         """The figures over every batch seen since ``reset``: ``{"quantity/role": float, ...}``."""
         raise NotImplementedError
+
+    def reduce(self, reducer: Reducer) -> None:
+        """Combine this rank's state with every other rank's, in place (several processes only).
+
+        The default sums the state, attribute by attribute (``vars(self)``, in name
+        order), with ``reducer.sum``: tensors, ``int``/``float`` and dicts of those are
+        summed over ranks (a dict key missing on a rank counts as zero); an attribute
+        with a ``reduce(reducer)`` method of its own (an accumulator object) is asked to
+        reduce itself; ``params``, ``None``, ``str``, ``bool``, devices and dtypes are
+        configuration and stay as they are. Anything else (a list of per-batch values,
+        images kept from the first batches) is not a sum: the default raises
+        ``TypeError`` naming the attribute, and the metric overrides ``reduce``
+        (``reducer.gather`` gives every rank's value, in rank order). Create every
+        attribute in ``reset``: a rank may see no batch at all.
+        """
+        summed: dict[str, Any] = {}
+        for name, value in sorted(vars(self).items()):
+            if name == "params" or value is None or isinstance(value, (str, bool, torch.device, torch.dtype)):
+                continue
+            if isinstance(value, (Tensor, int, float, dict)):
+                summed[name] = value
+            elif callable(getattr(value, "reduce", None)):
+                value.reduce(reducer)
+            else:
+                raise TypeError(
+                    f"{type(self).__name__}.{name} ({type(value).__name__}) is not a sum of per-rank parts: "
+                    "override Metric.reduce to combine it across processes"
+                )
+        for name, value in reducer.sum(summed).items():
+            setattr(self, name, value)
 
 
 def ensemble_logits(batch: EvalBatch) -> Tensor | None:

@@ -10,7 +10,10 @@ import click
 
 from kdzoo import hookimpl
 from kdzoo.cli.common import load_host_with_warnings, plugins_dir_option, set_option
+from kdzoo.cli.launcher_options import launch_options
 from kdzoo.errors import KdzooError, TrainingError
+from kdzoo.run.distributed import is_main, record_errors
+from kdzoo.run.launch import nproc_callback
 
 
 def _load(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path, ...]):
@@ -45,8 +48,12 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
 @click.option("--force", is_flag=True, help="Resume a run whose spec changed since it started; rerun grid arms that finished with another spec.")
 @plugins_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@launch_options
+@click.option("--nproc", type=click.IntRange(min=1), expose_value=False, callback=nproc_callback,
+              help="Train on N processes of this machine (DDP, started with torchrun's launcher; several machines: torchrun -m kdzoo run).")
+@record_errors
 def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...], resume_dir: Path | None,
-        arm_patterns: str | None, force: bool, plugins_dirs: tuple[Path, ...], quiet: bool) -> None:
+        arm_patterns: str | None, force: bool, plugins_dirs: tuple[Path, ...], quiet: bool, launch) -> None:
     """Train or distil as SPEC says, then print the results table."""
     from kdzoo.run import runner
     from kdzoo.run.tables import grid_table, run_table
@@ -56,6 +63,7 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     if resume_dir is not None:
         if spec_path is not None or overrides:
             raise KdzooError("--resume takes its spec from the run directory: give no SPEC and no --set")
+        launch.require_grid("--resume RUN_DIR")
         host, spec = runner.resume_host_and_spec(resume_dir, plugins_dirs, load_host_with_warnings)
         summary = runner.run_single(spec, host, resume_dir, resume=True, log=click.echo, progress=progress, force=force)
         click.echo(run_table(summary))
@@ -63,13 +71,20 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     if spec_path is None:
         raise click.UsageError("give a SPEC file, or --resume RUN_DIR")
     host, data, runs = _load(spec_path, overrides, plugins_dirs)
+    if data.get("matrix") is None:
+        launch.require_grid(str(spec_path))
     plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
     if plan.grid:
         click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
-        results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force)
+        if launch.launcher == "inline":
+            results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force)
+        else:  # the same arms, specs and skip rules, each run in a process (or SLURM task) of its own
+            from kdzoo.run.launchers.grid import launch_grid
+
+            results = launch_grid(plan, launch, spec_path, overrides, plugins_dirs, force=force, log=click.echo)
         click.echo(grid_table(results))
         failed = [name for name, summary in results if "failed" in summary]
-        if plan.study:
+        if plan.study and is_main():  # several processes: rank 0 writes the report
             from kdzoo.study.report import build_report, findings_markdown
 
             result = build_report(plan.run_dir, None, log=lambda message: click.echo(message, err=True))

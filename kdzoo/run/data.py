@@ -49,12 +49,22 @@ def load_data(spec: DataSpec, registry: Registry, seed: int = 0) -> ImageData:
     key = spec.model_dump_json()
     if key in _LOADED:
         return _LOADED[key]
+    from kdzoo.run import distributed
+
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 decodes (and caches) first: no two ranks write one cache file
+    data = _load(spec, registry, seed)
+    if distributed.is_main():
+        distributed.barrier()
+    _LOADED[key] = data
+    return data
+
+
+def _load(spec: DataSpec, registry: Registry, seed: int) -> ImageData:
     data = build_dataset(registry, spec.name, spec.params, seed=seed, cache_dir=cache_dir())
     train = _subset(data.train_images, data.train_labels, data.train_masks, spec.train_limit, 1)
     test = _subset(data.test_images, data.test_labels, data.test_masks, spec.test_limit, 2)
-    data = ImageData(*train[:2], *test[:2], classes=data.classes, train_masks=train[2], test_masks=test[2], name=data.name or spec.name)
-    _LOADED[key] = data
-    return data
+    return ImageData(*train[:2], *test[:2], classes=data.classes, train_masks=train[2], test_masks=test[2], name=data.name or spec.name)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool) -> Iterator[Tensor]:
@@ -63,6 +73,13 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, dr
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
+
+
+def rank_shard(index: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous slice of a global batch (the whole batch in one process)."""
+    if world_size == 1:
+        return index
+    return index.tensor_split(world_size)[rank]
 
 
 def in_layout(images: Tensor, channels_last: bool) -> Tensor:

@@ -1,4 +1,12 @@
-"""Evaluation: every role over a split, streamed through the metrics."""
+"""Evaluation: every role over a split, streamed through the metrics.
+
+Several processes: evaluation batch ``i`` goes whole to rank ``i % world_size`` (so
+every per-batch quantity is what it is in one process), then each metric's
+``reduce`` combines the ranks' accumulators and every rank computes the same figures
+(the contract is in :class:`kdzoo.api.Metric`). An augmented split (``test_aug``)
+draws every batch's augmentation on every rank, in order, from the one generator:
+batch ``i`` gets the images a single process would give it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdzoo.api import EvalBatch, Metric, Network
+from kdzoo.api import EvalBatch, Metric, Network, Reducer
 from kdzoo.api.taps import tapped
 from kdzoo.errors import ComponentError
 from kdzoo.host.build import plugin_code
 from kdzoo.host.registry import Component
+from kdzoo.run import distributed
 from kdzoo.run.data import batch_indices, in_layout, to_float
 from kdzoo.run.runtime import Runtime
 
@@ -43,7 +52,8 @@ class Evaluator:
         self.channels_last = channels_last
         self.teachers = teachers
         self.student = student
-        self._frozen_logits: dict[tuple[str, str], Tensor] = {}  # (split, teacher) -> logits: teachers never change
+        # (split, teacher) -> logits of this rank's batches, in order: teachers never change
+        self._frozen_logits: dict[tuple[str, str], list[Tensor]] = {}
 
     def run(self, split: str, images: Tensor, labels: Tensor, masks: Tensor | None, metrics: list[tuple[Component, Metric]], augmentation=None, aug_seed: int = 0, epoch: int | None = None) -> dict[str, Any]:
         taps: dict[str, list[str]] = {}
@@ -56,17 +66,22 @@ class Evaluator:
         generator = torch.Generator().manual_seed(aug_seed)
         cached = {role: self._frozen_logits.get((split, role)) for role in self.teachers if not taps.get(role)}
         fresh: dict[str, list[Tensor]] = {role: [] for role, logits in cached.items() if logits is None}
+        rank, world_size = distributed.rank(), distributed.world_size()
+        mine = -1  # this rank's batches so far
         with torch.no_grad(), self.runtime.autocast():
-            for index in batch_indices(len(labels), EVAL_BATCH, None, drop_last=False):
+            for number, index in enumerate(batch_indices(len(labels), EVAL_BATCH, None, drop_last=False)):
                 batch_images = images[index]
-                if augmentation is not None:
+                if augmentation is not None:  # on every rank: the generator must reach batch i as in one process
                     batch_images = augmentation(batch_images, generator)
+                if number % world_size != rank:
+                    continue
+                mine += 1
                 logits: dict[str, Tensor] = {}
                 features: dict[str, dict[str, Any]] = {}
                 x = to_float(batch_images, self.runtime.device, channels_last=False)  # once per batch
                 for role, network in self.networks.items():
                     if cached.get(role) is not None:
-                        logits[role] = cached[role][index[0] : index[-1] + 1].to(self.runtime.device)
+                        logits[role] = cached[role][mine].to(self.runtime.device)
                         continue
                     logits[role], features[role] = forward_with_taps(
                         network, in_layout(x, self.channels_last[role]), taps.get(role, []), raw=True
@@ -83,12 +98,18 @@ class Evaluator:
                     masks=None if masks is None else masks[index].to(self.runtime.device),
                     teachers=self.teachers,
                     student=self.student,
+                    offset=int(index[0]),
                 )
                 for component, metric in metrics:
                     with plugin_code(component, f"update on the {split} split", epoch=epoch):
                         metric.update(batch)
         for role, chunks in fresh.items():
-            self._frozen_logits[(split, role)] = torch.cat(chunks)
+            self._frozen_logits[(split, role)] = chunks
+        if distributed.active():
+            reducer = Reducer()
+            for component, metric in metrics:  # every rank, in the same order: these are collectives
+                with plugin_code(component, f"reduce on the {split} split", epoch=epoch):
+                    metric.reduce(reducer)
         results: dict[str, Any] = {}
         owners: dict[str, str] = {}
         for component, metric in metrics:

@@ -21,7 +21,9 @@ from kdzoo import rundir
 from kdzoo.api.keys import trained_role
 from kdzoo.errors import KdzooError, TrainingError
 from kdzoo.host import PluginHost
+from kdzoo.run import distributed
 from kdzoo.run.checkpoint import write_json, write_text
+from kdzoo.run.launchers.running import running_marker
 from kdzoo.spec import AnySpec, DistillSpec, validate_spec
 from kdzoo.spec.describe import spec_differences
 
@@ -29,7 +31,8 @@ Log = Callable[[str], None]
 
 
 def write_spec(run_dir: Path, spec: AnySpec) -> None:
-    write_text(run_dir / rundir.SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    if distributed.is_main():  # several processes: rank 0 writes
+        write_text(run_dir / rundir.SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
 def stored_spec(run_dir: Path) -> dict[str, Any] | None:
@@ -48,17 +51,26 @@ def run_single(spec: AnySpec, host: PluginHost, run_dir: Path, resume: bool = Fa
     from kdzoo.run.teachers import prepare_teachers
     from kdzoo.run.trainer import Trainer
 
-    def train_teacher(teacher_spec, path: Path) -> None:
-        run_single(teacher_spec, host, path, resume=rundir.has_state(path), log=log, progress=progress)
-
     # The spec goes first: a run stopped while its teachers train can be resumed by its directory.
     if not (resume and rundir.has_state(run_dir)):
         write_spec(run_dir, spec)
-    teachers = prepare_teachers(spec, host, train_teacher, log) if isinstance(spec, DistillSpec) else []
-    trainer = Trainer(spec, host, run_dir, teachers, log=log)
-    summary = trainer.fit(resume=resume, progress_disabled=progress, force=force)
-    write_spec(run_dir, spec)  # unchanged unless --force resumed under a changed spec
+    with running_marker(run_dir):  # what `kdzoo status` reads as "running"
+        train_teacher = teacher_trainer(host, log, progress)
+        teachers = prepare_teachers(spec, host, train_teacher, log) if isinstance(spec, DistillSpec) else []
+        trainer = Trainer(spec, host, run_dir, teachers, log=log)
+        summary = trainer.fit(resume=resume, progress_disabled=progress, force=force)
+        write_spec(run_dir, spec)  # unchanged unless --force resumed under a changed spec
     return summary
+
+
+def teacher_trainer(host: PluginHost, log: Log, progress: bool | None) -> Callable[[Any, Path], None]:
+    """How an inline teacher is trained into its cache folder: a run of its own (resumed
+    there after a crash). Shared by runs and the launcher's teacher jobs."""
+
+    def train_teacher(teacher_spec, path: Path) -> None:
+        run_single(teacher_spec, host, path, resume=rundir.has_state(path), log=log, progress=progress)
+
+    return train_teacher
 
 
 def default_run_dir(spec: AnySpec, name: str | None, grid: bool) -> Path:
@@ -106,15 +118,42 @@ def check_finished_matches(arm_dir: Path, spec: AnySpec, force: bool) -> bool:
     return False
 
 
-def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, log: Log, progress: bool | None,
-             force: bool = False) -> list[tuple[str, dict[str, Any]]]:
-    for arm_name, spec in arms:  # every finished arm checked before any work starts
+def check_all_finished(arms: list[tuple[str, AnySpec]], run_dir: Path, force: bool) -> None:
+    """Refuse, before any work starts, a grid with an arm that finished under another spec."""
+    for arm_name, spec in arms:
         if rundir.is_finished(rundir.arm_dir(run_dir, arm_name)) and not force:
             check_finished_matches(rundir.arm_dir(run_dir, arm_name), spec, force=False)
+
+
+def record_grid(run_dir: Path, arms: list[tuple[str, AnySpec]]) -> None:
+    """Add these arms, and the teacher cache entries each needs, to the grid's
+    ``grid.json`` (what ``kdzoo status`` lists, pending arms included).
+
+    Merged, never replaced: a run of a few arms (``--arms``, a launched job) keeps the
+    others listed, and a file that would not change is not rewritten."""
+    from kdzoo.run.teachers import teacher_dir
+
+    path = run_dir / rundir.GRID_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entries = dict(known.get("arms") or {}) if isinstance(known, dict) else {}
+    for arm_name, spec in arms:
+        inline = spec.teachers if isinstance(spec, DistillSpec) else []
+        entries[arm_name] = {"teachers": {t.name: str(teacher_dir(t.train).resolve()) for t in inline if t.train is not None}}
+    if entries != (known.get("arms") if isinstance(known, dict) else None) and distributed.is_main():
+        write_json(path, {"arms": entries})
+
+
+def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, log: Log, progress: bool | None,
+             force: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    check_all_finished(arms, run_dir, force)
+    record_grid(run_dir, arms)
     results = []
     for i, (arm_name, spec) in enumerate(arms, 1):
         arm_dir = rundir.arm_dir(run_dir, arm_name)
-        if check_finished_matches(arm_dir, spec, force):
+        if distributed.on_main(check_finished_matches, arm_dir, spec, force):  # rank 0 decides (and unlinks)
             log(f"[{i}/{len(arms)}] {arm_name}: already finished, skipped")
             summary = json.loads((arm_dir / rundir.SUMMARY_FILE).read_text())
         else:
@@ -123,8 +162,11 @@ def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, l
             try:
                 summary = run_single(spec, host, arm_dir, resume=rundir.has_state(arm_dir), log=log, progress=progress, force=force)
             except TrainingError as exc:  # a diverging or failing arm must not end a grid
+                if distributed.active() and not getattr(exc, "all_ranks", False):
+                    raise  # one rank failed alone: the others wait in the arm's collectives
                 log(f"[{i}/{len(arms)}] {arm_name}: failed: {exc}")
-                write_json(arm_dir / rundir.FAILED_FILE, {"error": str(exc)})
+                if distributed.is_main():
+                    write_json(arm_dir / rundir.FAILED_FILE, {"error": str(exc)})
                 summary = failed_summary(spec, str(exc))
         results.append((arm_name, summary))
     return results
@@ -160,12 +202,12 @@ def plan_runs(spec_data: dict[str, Any], runs: list[tuple[str, AnySpec]], out_di
         if not grid:
             raise KdzooError("--arms selects arms of a spec with a matrix; this spec has none")
         runs = select_arms(runs, arm_patterns)
-    run_dir = out_dir or default_run_dir(runs[0][1], spec_data.get("name"), grid=grid)
+    run_dir = distributed.broadcast_object(out_dir or default_run_dir(runs[0][1], spec_data.get("name"), grid=grid))  # one timestamp
     if not grid and rundir.is_finished(run_dir):
         raise KdzooError(f"{run_dir} already holds a finished run; choose another --out")
     if not grid and rundir.has_state(run_dir):
         raise KdzooError(f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or choose another --out")
-    ensure_writable_dir(run_dir)
+    distributed.on_main(ensure_writable_dir, run_dir)
     return Plan(runs, run_dir, grid, grid and is_study(spec_data))
 
 

@@ -9,6 +9,7 @@ import torch
 
 from kdzoo.api import Network
 from kdzoo.errors import KdzooError
+from kdzoo.run import distributed
 from kdzoo.spec import AnySpec
 
 @dataclass(frozen=True)
@@ -39,11 +40,24 @@ def select_runtime(spec: AnySpec) -> Runtime:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise KdzooError(f"device: '{spec.device}' asked for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if name.startswith("cuda") and distributed.active():
+        name = _rank_gpu(spec.device)
     device = torch.device(name)
     if spec.precision == "bf16" and not bf16_supported(device):
         raise KdzooError(f"precision: bf16 is not supported on {device} here; use 'auto' or 'fp32'")
     use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and bf16_supported(device))
     return Runtime(device, torch.bfloat16 if use_bf16 else None)
+
+
+def _rank_gpu(requested: str) -> str:
+    """Under torchrun each rank drives one GPU: ``cuda:LOCAL_RANK``."""
+    local = distributed.local_rank()
+    if requested not in ("auto", "cuda"):
+        raise KdzooError(f"device: '{requested}' pins one GPU, but under torchrun rank {distributed.rank()} drives cuda:LOCAL_RANK; use 'auto' or 'cuda'")
+    if local >= torch.cuda.device_count():
+        raise KdzooError(f"LOCAL_RANK {local} has no GPU: torch sees {torch.cuda.device_count()}; start at most that many processes per machine")
+    torch.cuda.set_device(local)
+    return f"cuda:{local}"
 
 
 def wants_channels_last(spec: AnySpec, network: Network) -> bool:

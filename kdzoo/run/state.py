@@ -37,10 +37,14 @@ def state_tensors(network: nn.Module, losses: nn.Module, optimizer: torch.optim.
     return tensors, {"param_groups": optim["param_groups"], "scalar_state": scalar_state}
 
 
-def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> None:
-    """Save the state after ``epoch`` epochs, with the resolved spec it belongs to."""
+def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any],
+               world_size: int = 1) -> None:
+    """Save the state after ``epoch`` epochs, with the resolved spec it belongs to (and the
+    number of processes that trained it)."""
     tensors, optimizer_meta = state_tensors(network, losses, optimizer)
     meta = {"format": STATE_FORMAT, "epoch": epoch, "step": step, "optimizer": optimizer_meta, "spec": spec}
+    if world_size > 1:  # absent in one process: its state files stay what they were
+        meta["world_size"] = world_size
     save_tensors(rundir.state_file(run_dir), tensors, metadata={META_KEY: json.dumps(meta)})
 
 
@@ -48,11 +52,15 @@ def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any], force: bool = False) -> tuple[int, int]:
+def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any], force: bool = False,
+               world_size: int = 1, log=None) -> tuple[int, int]:
     """Restore the last saved epoch; (0, 0) when the run saved none.
 
     Refuses state saved under a different resolved spec (listing the differing fields)
-    unless ``force``: resuming it would silently mix two experiments."""
+    unless ``force``: resuming it would silently mix two experiments. Every rank of a
+    run on several processes loads the same file. Another number of processes is
+    allowed (more GPUs for the rest of a run), with a note through ``log``: data order
+    and augmentation then differ from an uninterrupted run."""
     path = rundir.state_file(run_dir)
     if not path.is_file():
         return 0, 0
@@ -64,6 +72,7 @@ def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: 
         epoch, step = int(meta["epoch"]), int(meta["step"])
         optimizer_meta = meta["optimizer"]
         saved_spec = meta["spec"]
+        saved_world_size = int(meta.get("world_size", 1))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise KdzooError(f"{path} is not a kdzoo training state ({exc}); remove it to start the run over") from None
     if saved_spec != spec and not force:
@@ -72,6 +81,9 @@ def load_state(run_dir: Path, network: nn.Module, losses: nn.Module, optimizer: 
             f"{run_dir} was started with a different spec ({differences}); resuming would mix two experiments. "
             "Use --force to resume anyway, or another --out to start afresh"
         )
+    if saved_world_size != world_size and log is not None:
+        log(f"note: {run_dir} was trained on {saved_world_size} process(es), resumed on {world_size}: "
+            "data order and augmentation differ from an uninterrupted run from here on")
     try:
         network.load_state_dict(_strip(tensors, rundir.STUDENT_PREFIX))
         losses.load_state_dict(_strip(tensors, rundir.LOSSES_PREFIX))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def teacher_dir(spec: TrainSpec) -> Path:
     The key is the normalised spec (every default filled in, see ``validate_spec``), so a
     resumed run finds the teacher it trained before."""
     content = spec.model_dump(mode="json", exclude={"name", "output_dir", "plugins"})
+    if not content.get("sync_bn"):  # a later field: teachers cached before it keep their key
+        content.pop("sync_bn", None)
     # Plugin files count by content, not path: an edited prototype trains a new teacher.
     plugin_files = [file_sha256(Path(p)) if Path(p).is_file() else p for p in spec.plugins]
     key = {"spec": content, "kdzoo": __version__, "plugin_files": plugin_files}
@@ -79,21 +82,29 @@ def cached_teacher(name: str, spec: TrainSpec, path: Path, train: Callable[[Trai
     first and reuses its result. Training happens in ``<path>.partial`` (resumed there
     after a crash) and is published by one rename once finished: the cache never holds
     a half-trained teacher under its final name.
+
+    Several processes (torchrun) train one teacher together: rank 0 alone takes the
+    lock, decides and publishes, the others follow its decisions (on the lock they
+    would wait for a training that needs them).
     """
-    if rundir.is_finished(path):
+    from kdzoo.run import distributed
+
+    if distributed.broadcast_object(rundir.is_finished(path)):
         log(f"teacher {name}: reusing {path}")
         return
-    lock = path.with_name(path.name + ".lock")
-    with exclusive_lock(lock, on_wait=lambda: log(f"teacher {name}: waiting for another process training it ({lock})")):
-        if rundir.is_finished(path):
+    lock = rundir.teacher_lock_file(path)
+    with exclusive_lock(lock, on_wait=lambda: log(f"teacher {name}: waiting for another process training it ({lock})")) if distributed.is_main() else nullcontext():
+        if distributed.broadcast_object(rundir.is_finished(path)):
             log(f"teacher {name}: reusing {path}")
             return
-        partial = path.with_name(path.name + ".partial")
+        partial = rundir.teacher_partial_dir(path)
         log(f"teacher {name}: training {spec.model.name} with {spec.augmentation.name} augmentation -> {path}")
         train(spec, partial)
-        if path.exists():  # not finished, so not published by this protocol: keep it aside
-            path.rename(path.with_name(f"{path.name}.stale-{os.getpid()}"))
-        os.rename(partial, path)
+        if distributed.is_main():
+            if path.exists():  # not finished, so not published by this protocol: keep it aside
+                path.rename(path.with_name(f"{path.name}.stale-{os.getpid()}"))
+            os.rename(partial, path)
+        distributed.barrier()  # published before any rank loads it
 
 
 def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[TrainSpec, Path], Any], log: Log) -> list[Teacher]:

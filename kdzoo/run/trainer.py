@@ -5,6 +5,12 @@ are frozen, in eval mode, and run under inference mode; their tapped outputs are
 cloned out of inference mode so losses can use them in autograd graphs. Plugin code
 (loss taps, setup and forward, augmentation, metrics) runs inside ``plugin_code``
 guards, so a failure names the component, its plugin, the phase, epoch and step.
+
+Several processes (torchrun): ``batch_size`` stays the global batch. Every rank draws
+the same shuffled order from the (seed, epoch) generator and takes its contiguous
+slice of each global batch; augmentation, dropout and loss sampling use a generator of
+(seed, epoch, rank). The student and the losses train under one DDP wrapper (see
+:mod:`kdzoo.run.step`); teachers stay frozen on every rank. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -15,21 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from kdzoo import rundir
-from kdzoo.api import DistillBatch, Loss, ModelOutputs, SetupContext
+from kdzoo.api import SetupContext
 from kdzoo.api.keys import metric_key, split_key, trained_role
-from kdzoo.errors import ComponentError, KdzooError, TrainingError
+from kdzoo.errors import KdzooError
 from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_loss, build_metric, build_model, plugin_code
+from kdzoo.run import distributed
 from kdzoo.run.checkpoint import save_checkpoint, versions, write_json, write_text
-from kdzoo.run.data import batch_indices, in_layout, load_data, to_float
+from kdzoo.run.data import batch_indices, in_layout, load_data, rank_shard, to_float
 from kdzoo.run.evaluator import Evaluator, forward_with_taps
 from kdzoo.run.runtime import select_runtime, wants_channels_last
 from kdzoo.run.schedule import epoch_seed, lr_factor, make_optimizer
 from kdzoo.run.state import load_state, save_state
+from kdzoo.run.step import StepModule, divergence_error, teacher_outputs, wrap_ddp
 from kdzoo.run.teachers import Teacher
 from kdzoo.spec import AnySpec, TrainSpec
 
@@ -46,10 +54,18 @@ class Trainer:
         self.host = host
         self.run_dir = Path(run_dir)
         self.teachers = teachers
-        self.log = log
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.log = log if self.main else (lambda *_: None)  # one log, rank 0's
         registry = host.registry
         self.runtime = select_runtime(spec)
         self.data = load_data(spec.data, registry)
+        if spec.batch_size % self.world_size:
+            raise KdzooError(
+                f"batch_size: {spec.batch_size} is the global batch, split over {self.world_size} processes: "
+                f"make it a multiple of {self.world_size}"
+            )
+        self.rank_batch = spec.batch_size // self.world_size
         model_ref = spec.model if isinstance(spec, TrainSpec) else spec.student.model
         self.model_ref = model_ref
         self.role = trained_role(spec.kind)
@@ -83,9 +99,23 @@ class Trainer:
         self._resolve_taps()
         self._setup_losses()
         self.losses.to(self.runtime.device)
+        if distributed.active() and spec.sync_bn:
+            self.network = self._sync_batchnorm(self.network)
         self.optimizer = make_optimizer(spec, list(self.network.parameters()) + list(self.losses.parameters()))
+        self.step_module = StepModule(self.network, self.losses, self.loss_components, self.student_taps)
+        if distributed.active():  # broadcasts rank 0's parameters: every rank starts equal
+            if self.channels_last[self.role]:  # connectors' gradients follow the features' layout: DDP's buckets must too
+                self.losses.to(memory_format=torch.channels_last)
+            self.step_module = wrap_ddp(self.step_module, self.runtime.device)
         roles = {self.role: self.network, **{t.role: t.network for t in teachers}}
         self.evaluator = Evaluator(self.runtime, roles, self.channels_last, tuple(t.role for t in teachers), self.role)
+
+    def _sync_batchnorm(self, network):
+        """BatchNorm -> SyncBatchNorm (batch statistics over the global batch). After the
+        losses' setup: its sample forward runs on each rank alone."""
+        if self.runtime.device.type == "cpu":
+            raise KdzooError("sync_bn: torch's SyncBatchNorm runs on GPUs only; set sync_bn: false on the CPU")
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
 
     # -- taps and connectors -------------------------------------------------------
     def _resolve_taps(self) -> None:
@@ -125,48 +155,38 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------
     def save_state(self, epoch: int, step: int) -> None:
-        save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"))
+        if self.main:
+            save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), self.world_size)
 
     def load_state(self, force: bool = False) -> tuple[int, int]:
-        return load_state(self.run_dir, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), force)
+        return load_state(self.run_dir, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), force,
+                          world_size=self.world_size, log=self.log)
 
     # -- loop ------------------------------------------------------------------------
-    def _teacher_outputs(self, images: Tensor, batch_uint8: Tensor, generator: torch.Generator) -> list[ModelOutputs]:
-        outputs = []
-        for teacher, paths in zip(self.teachers, self.teacher_taps):
-            if teacher.augmentation is not None:  # teacher_views: own
-                x = to_float(teacher.augmentation(batch_uint8, generator), self.runtime.device, self.channels_last[teacher.role])
-            else:
-                x = in_layout(images, self.channels_last[teacher.role])
-            with torch.inference_mode():
-                logits, feats = forward_with_taps(teacher.network, x, paths)
-            # Inference tensors cannot be saved for backward: clone them out of inference mode.
-            outputs.append(ModelOutputs(logits.clone(), {k: v.clone() for k, v in feats.items()}))
-        return outputs
-
-    def _loss_term(self, component, loss: Loss, batch: DistillBatch) -> Tensor:
-        with plugin_code(component, "forward", epoch=batch.epoch, step=batch.step):
-            value = loss(batch)
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ComponentError(
-                f"loss '{component.name}' (plugin '{component.plugin}') returned {shape} from forward at epoch "
-                f"{batch.epoch + 1}, step {batch.step + 1}; a loss must return a scalar tensor"
-            )
-        return value.float().reshape(())
+    def _generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+        """(data order, augmentation): one generator in one process, as always; with
+        several, the order is shared and augmentation is the rank's own."""
+        seed = epoch_seed(self.spec.seed, epoch)
+        order = torch.Generator().manual_seed(seed)
+        if not distributed.active():
+            torch.manual_seed(seed)
+            return order, order
+        own = distributed.rank_seed(self.spec.seed, epoch, self.rank)
+        torch.manual_seed(own)  # dropout, CRD's negatives: different per rank
+        return order, torch.Generator().manual_seed(own)
 
     def train_epoch(self, epoch: int, step: int, progress) -> tuple[int, dict[str, float]]:
         spec = self.spec
-        torch.manual_seed(epoch_seed(spec.seed, epoch))
-        generator = torch.Generator().manual_seed(epoch_seed(spec.seed, epoch))
+        order, generator = self._generators(epoch)
         self.network.train()
         self.losses.train()
         sums = {"loss": 0.0, **{f"loss/{t.name}": 0.0 for t in spec.losses}}
         count = 0
         labels_all = self.data.train_labels
         n = len(labels_all)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False, disable=progress)
-        for index in batch_indices(n, spec.batch_size, generator, drop_last=n >= spec.batch_size):
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False, disable=progress if self.main else True)  # None: only on a TTY
+        for global_index in batch_indices(n, spec.batch_size, order, drop_last=n >= spec.batch_size):
+            index = rank_shard(global_index, self.rank, self.world_size)
             batch_uint8 = self.data.train_images[index]
             with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=step):
                 augmented = self.augmentation(batch_uint8, generator)
@@ -175,21 +195,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
             with self.runtime.autocast():
-                teachers = self._teacher_outputs(images, batch_uint8, generator)
-                logits, feats = forward_with_taps(self.network, images, self.student_taps)
-                batch = DistillBatch(
-                    student=ModelOutputs(logits, feats), teachers=teachers, targets=targets, images=images,
-                    indices=index.to(self.runtime.device), epoch=epoch, epochs=spec.epochs, step=step, steps=self.total_steps,
-                )
-                terms = [self._loss_term(component, loss, batch) for component, loss in zip(self.loss_components, self.losses)]
+                teachers = teacher_outputs(self.teachers, self.teacher_taps, images, batch_uint8, generator, self.runtime.device, self.channels_last)
+                terms = self.step_module(images, teachers, targets, index.to(self.runtime.device), epoch, spec.epochs, step, self.total_steps)
             total = sum(w * t for w, t in zip(self.weights, terms))
-            if not torch.isfinite(total):
-                detail = ", ".join(f"{term.name}={t.item():.4g}" for term, t in zip(spec.losses, terms))
-                kept = f"the last good state (after epoch {epoch}) is in {rundir.state_file(self.run_dir)}" if epoch else "no epoch had finished"
-                raise TrainingError(
-                    f"the loss became {total.item()} at epoch {epoch + 1}, step {step + 1} ({detail}); "
-                    f"stopped; {kept}. Lower the learning rate or check the loss weights"
-                )
+            if distributed.any_rank(not torch.isfinite(total)):  # every rank stops at the same step
+                raise divergence_error(spec.losses, rundir.state_file(self.run_dir), epoch, step, total, terms)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -200,12 +210,15 @@ class Trainer:
                 sums[f"loss/{term.name}"] += value.item()
             bar.update(1)
         bar.close()
-        return step, {k: v / max(1, count) for k, v in sums.items()}
+        return step, distributed.mean_over_ranks({k: v / max(1, count) for k, v in sums.items()})
 
     def evaluate(self, final: bool, epoch: int | None = None) -> dict[str, Any]:
         spec = self.spec
         data = self.data
         self.network.eval()
+        # Rank 0's BatchNorm statistics (the student's, the connectors'): every rank evaluates, and holds, one model.
+        distributed.broadcast_buffers(self.network)
+        distributed.broadcast_buffers(self.losses)
         results: dict[str, Any] = {}
         for split in spec.eval.splits:
             built = [(c, build_metric(self.host.registry, ref.name, ref.params)) for c, ref in zip(self.metric_components, spec.metrics)]
@@ -232,11 +245,12 @@ class Trainer:
             # Drop records of an epoch whose state was never saved (crash in between).
             records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
             records = [r for r in records if r["epoch"] <= start_epoch]
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        if self.main:
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         if start_epoch:
             self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
         started = time.perf_counter()
-        epochs_bar = tqdm(range(start_epoch, spec.epochs), desc=self.run_dir.name, disable=progress_disabled, leave=False)
+        epochs_bar = tqdm(range(start_epoch, spec.epochs), desc=self.run_dir.name, disable=progress_disabled if self.main else True, leave=False)
         final_metrics: dict[str, Any] = {}
         for epoch in epochs_bar:
             t0 = time.perf_counter()
@@ -252,7 +266,8 @@ class Trainer:
             record["images_per_s"] = round(self.steps_per_epoch * spec.batch_size / train_time, 1)
             records.append(record)
             # Rewritten whole and renamed (atomic): a kill never leaves a truncated history.
-            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            if self.main:
+                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
             self.save_state(epoch + 1, step)
             shown = {k: record[k] for k in (metric_key("test", "top1", self.role), "loss") if k in record}
             epochs_bar.set_postfix({k.split("/")[-2] if "/" in k else k: f"{v:.3f}" for k, v in shown.items()})
@@ -276,6 +291,8 @@ class Trainer:
             "train_time_s": round(sum(r["train_time_s"] for r in records), 2),
             "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
             "device": str(self.runtime.device),
+            "world_size": self.world_size,
+            "rank_batch_size": self.rank_batch,
             "final": final,
             "teachers": {t.role: {"checkpoint": t.source, "metrics": t.metrics} for t in self.teachers},
         }
@@ -288,14 +305,18 @@ class Trainer:
             "classes": self.data.classes,
             "image_size": self.data.image_size,
             "seed": self.spec.seed,
+            "world_size": self.world_size,
+            "rank_batch_size": self.rank_batch,
             "spec": self.spec.model_dump(mode="json"),
             "versions": versions(self.host.component_versions()),
             "plugin_files": self.host.plugin_files(),
             "metrics": {k: v for k, v in final.items() if is_scalar(v)},
         }
-        save_checkpoint(self.run_dir, tensors, manifest)
-        # No indentation: attention overlays and reliability bins make it megabytes otherwise.
-        write_json(self.run_dir / rundir.SUMMARY_FILE, summary, indent=None)
+        if self.main:
+            save_checkpoint(self.run_dir, tensors, manifest)
+            # No indentation: attention overlays and reliability bins make it megabytes otherwise.
+            write_json(self.run_dir / rundir.SUMMARY_FILE, summary, indent=None)
+        distributed.barrier()  # the run is finished (files published) when any rank returns
         return summary
 
 

@@ -13,6 +13,7 @@ from kdzoo.spec.models import (
     DataSpec,
     DistillSpec,
     EvalSpec,
+    LauncherSpec,
     LossTerm,
     MetricRef,
     ModelRef,
@@ -26,7 +27,7 @@ from kdzoo.spec.models import (
 
 __all__ = [
     "INHERITED_BY_TEACHERS", "SPEC_KINDS", "AnySpec", "AugmentationRef", "ComponentRef", "DataSpec", "DistillSpec",
-    "EvalSpec", "LossTerm", "MetricRef", "ModelRef", "OptimizerSpec", "RunSpec", "ScheduleSpec", "StudentSpec",
+    "EvalSpec", "LauncherSpec", "LossTerm", "MetricRef", "ModelRef", "OptimizerSpec", "RunSpec", "ScheduleSpec", "StudentSpec",
     "TeacherSpec", "TrainSpec", "apply_overrides", "describe_error", "expand_matrix", "json_schema", "load_spec",
     "read_spec_file", "set_path", "validate_spec",
 ]

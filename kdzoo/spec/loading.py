@@ -84,7 +84,9 @@ def validate_spec(data: dict[str, Any], registry: Registry | None, source: str =
         # Normalise: components that came from defaults (e.g. the default `ce` loss) get
         # their params filled in too, so a spec equals its resolved spec.yaml once reloaded
         # (teacher cache keys, resume and grid-skip checks compare resolved specs).
+        launcher = spec.launcher  # excluded from dumps (see RunSpec.launcher), so carried over by hand
         spec = model.model_validate(spec.model_dump(mode="json"), context={"registry": registry})
+        spec.launcher = launcher
     return spec
 
 

@@ -164,6 +164,18 @@ class EvalSpec(StrictModel):
     train_limit: int | None = Field(10000, gt=0, description="evaluate the train split on at most this many images")
 
 
+class LauncherSpec(StrictModel):
+    """Resources of each arm of a grid run with `kdzoo run --launcher slurm` (submitit); `--partition`, `--time`, `--gpus-per-arm`, `--jobs` override them."""
+
+    partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
+    time_min: int = Field(1440, ge=1, description="wall-time limit of each job, in minutes; a job that reaches it is requeued and resumes from its last finished epoch")
+    gpus_per_arm: int = Field(0, ge=0, description="GPUs of each job (an arm or a teacher)")
+    cpus_per_arm: int | None = Field(None, ge=1, description="CPU cores of each job; also its torch threads unless the spec sets `threads`")
+    mem_gb: float | None = Field(None, gt=0, description="memory of each job, in GB (default: the cluster's)")
+    max_parallel: int | None = Field(None, ge=1, description="at most this many jobs of the array run at once (default: submitit's, 256)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more submitit parameters, passed to `update_parameters` as they are (e.g. `slurm_account`, `slurm_qos`)")
+
+
 class RunSpec(StrictModel):
     """Fields shared by every run kind."""
 
@@ -178,6 +190,7 @@ class RunSpec(StrictModel):
     channels_last: bool | None = Field(None, description="None: on for CNNs")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    sync_bn: bool = Field(False, description="several GPUs (torchrun): BatchNorm -> SyncBatchNorm, statistics over the global batch")
     metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name=n) for n in DEFAULTS["train_metrics"]], description="metric components evaluated on each split")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="which splits, how often")
     output_dir: Path = Field(Path("runs"), description="where run directories and the teacher cache go")
@@ -186,6 +199,11 @@ class RunSpec(StrictModel):
     )
     matrix: dict[str, list[Any]] | None = Field(
         None, description="dotted path -> values; the spec expands into the product of all values"
+    )
+    # How an arm is launched is not what it computes: excluded from every dump, so the
+    # resolved spec.yaml, the teacher cache key, grid skipping and --resume ignore it.
+    launcher: LauncherSpec | None = Field(
+        None, exclude=True, description="`kdzoo run --launcher slurm`: partition, time and resources of each job (not part of the resolved spec)"
     )
 
     @field_validator("matrix")

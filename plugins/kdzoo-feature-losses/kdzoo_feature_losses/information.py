@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.api import DistillBatch, SetupContext
+from kdzoo.api import DistillBatch, SetupContext, all_gather_tensor
 from kdzoo_feature_losses import CRDParams, VIDParams
 from kdzoo_feature_losses._base import LayerPair, LayerwiseLoss, TappedLoss
 from kdzoo_feature_losses._math import resize_to
@@ -153,14 +153,18 @@ class ContrastiveRepresentationLoss(TappedLoss):
         student_scores = torch.exp(torch.einsum("bkd,bd->bk", heads.teacher_memory[rows], student_embedding) / self.params.temperature)
         teacher_scores = torch.exp(torch.einsum("bkd,bd->bk", heads.student_memory[rows], teacher_embedding) / self.params.temperature)
         if bool((heads.normalizers <= 0).any()):
-            with torch.no_grad():
-                heads.normalizers.copy_(torch.stack([student_scores.mean(), teacher_scores.mean()]) * num_samples)
+            with torch.no_grad():  # under several processes: the mean over every rank's first shard
+                means = all_gather_tensor(torch.stack([student_scores.mean(), teacher_scores.mean()])[None]).mean(0)
+                heads.normalizers.copy_(means * num_samples)
         loss = self.nce_loss(student_scores / heads.normalizers[0], num_samples) + self.nce_loss(
             teacher_scores / heads.normalizers[1], num_samples
         )
         if self.training:
-            self._update_memory(heads.student_memory, indices, student_embedding)
-            self._update_memory(heads.teacher_memory, indices, teacher_embedding)
+            # Under several processes every rank writes every rank's samples into its banks:
+            # the banks see the whole global batch and stay identical across ranks.
+            indices = all_gather_tensor(indices)
+            self._update_memory(heads.student_memory, indices, all_gather_tensor(student_embedding))
+            self._update_memory(heads.teacher_memory, indices, all_gather_tensor(teacher_embedding))
         return loss
 
     @torch.no_grad()

@@ -68,10 +68,12 @@ class AttentionIoU(Metric):
 
     def reset(self) -> None:
         self.tally = Tally()  # per-image IoU sums and valid-image counts, by key
-        self.run_overlap: dict[str, tuple[Tensor, Tensor]] = {}  # open run: pooled intersection, union
-        self.run_filled = 0
-        self.overlay_maps: dict[str, list[Tensor]] = {}  # role -> maps of the first images, on the CPU
-        self.overlay_images: list[Tensor] = []
+        # Open runs by index (placed by EvalBatch.offset): pair -> pooled intersection, union.
+        self.run_overlap: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
+        self.run_filled: dict[int, int] = {}
+        # (offset, role -> maps, images) of the first images, on the CPU
+        self.overlays: list[tuple[int, dict[str, Tensor], Tensor]] = []
+        self.seen = 0  # images so far: the offset when a batch has none
 
     def _maps(self, batch: EvalBatch, roles: list[str], images: Tensor, features: bool = True) -> dict[str, Tensor]:
         """Normalised ``(B, H, W)`` maps of ``images``; ``features=False`` ignores the batch's
@@ -96,19 +98,17 @@ class AttentionIoU(Metric):
         except KdzooError:
             return False  # e.g. no CamHead: such a model is left out of the overlays
 
-    def _keep_overlays(self, batch: EvalBatch, computed: dict[str, Tensor]) -> None:
+    def _keep_overlays(self, batch: EvalBatch, computed: dict[str, Tensor], offset: int) -> None:
         """Keep the first ``overlay_images`` images of the split with every model's map."""
-        wanted = self.params.overlay_images - sum(len(chunk) for chunk in self.overlay_images)
+        wanted = self.params.overlay_images - offset
         if wanted <= 0:
             return
         images = batch.images[:wanted]
         roles = [r for r in batch.logits if r in computed or (r in batch.networks and self._has_map(batch.networks[r]))]
         # Roles compared for IoU already have maps; the others run a forward of these few images only.
         missing = self._maps(batch, [r for r in roles if r not in computed], images, features=False)
-        for role in roles:
-            maps = computed[role][: len(images)] if role in computed else missing[role]
-            self.overlay_maps.setdefault(role, []).append(thumbnail(maps).cpu())
-        self.overlay_images.append(thumbnail(images).cpu())
+        maps = {role: thumbnail(computed[role][: len(images)] if role in computed else missing[role]).cpu() for role in roles}
+        self.overlays.append((offset, maps, thumbnail(images).cpu()))
 
     def _add_per_image(self, name: str, intersection: Tensor, union: Tensor) -> None:
         valid = union > 0
@@ -122,7 +122,9 @@ class AttentionIoU(Metric):
         if batch.masks is not None:
             roles += [role for role in batch.logits if role in batch.networks and role not in roles]
         maps = self._maps(batch, roles, batch.images) if roles else {}
-        self._keep_overlays(batch, maps)
+        offset = self.seen if batch.offset is None else batch.offset
+        self.seen += len(batch.images)
+        self._keep_overlays(batch, maps, offset)
         if not roles:
             return
         masks = {role: binary_masks(value, self.params.threshold) for role, value in maps.items()}
@@ -132,7 +134,7 @@ class AttentionIoU(Metric):
             name = pair_key("attn_iou", left, right)
             overlaps[name] = mask_overlap(masks[left], masks[right])
             self._add_per_image(name, *overlaps[name])
-        self._add_runs(overlaps, len(batch.images))
+        self._add_runs(overlaps, len(batch.images), offset)
 
         if batch.masks is not None:
             objects = batch.masks.to(next(iter(masks.values())).device)
@@ -142,27 +144,46 @@ class AttentionIoU(Metric):
             for role in roles:
                 self._add_per_image(role_key("attn_object_iou", role), *mask_overlap(masks[role], objects))
 
-    def _add_runs(self, overlaps: dict[str, tuple[Tensor, Tensor]], total: int) -> None:
+    def _add_runs(self, overlaps: dict[str, tuple[Tensor, Tensor]], total: int, offset: int) -> None:
         """Pool pixels over runs of per_batch_size consecutive images (runs straddle batches)."""
         size = self.params.per_batch_size
         start = 0
         while start < total:
-            stop = min(total, start + size - self.run_filled)
-            for name, (intersection, union) in overlaps.items():
-                pooled = (intersection[start:stop].sum(), union[start:stop].sum())
-                if name in self.run_overlap:
-                    pooled = (self.run_overlap[name][0] + pooled[0], self.run_overlap[name][1] + pooled[1])
-                self.run_overlap[name] = pooled
-            self.run_filled += stop - start
+            run = (offset + start) // size
+            stop = min(total, (run + 1) * size - offset)
+            pieces = [(name, (intersection[start:stop].sum(), union[start:stop].sum())) for name, (intersection, union) in overlaps.items()]
+            self._pool(run, pieces, stop - start)
             start = stop
-            if self.run_filled == size:
-                self._close_run()
+            if self.run_filled[run] == size:
+                self._close_run(run)
 
-    def _close_run(self) -> None:
-        for name, (intersection, union) in self.run_overlap.items():
-            self._add_run(name, intersection, union, self.run_filled, self.tally)
-        self.run_overlap = {}
-        self.run_filled = 0
+    def _pool(self, run: int, pieces, images: int) -> None:
+        pooled = self.run_overlap.setdefault(run, {})
+        for name, (intersection, union) in pieces:
+            if name in pooled:
+                intersection, union = pooled[name][0] + intersection, pooled[name][1] + union
+            pooled[name] = (intersection, union)
+        self.run_filled[run] = self.run_filled.get(run, 0) + images
+
+    def _close_run(self, run: int) -> None:
+        for name, (intersection, union) in self.run_overlap.pop(run, {}).items():
+            self._add_run(name, intersection, union, self.run_filled[run], self.tally)
+        del self.run_filled[run]
+
+    def reduce(self, reducer) -> None:
+        """Several processes: sum the tallies, add up the pieces of runs that straddled two
+        ranks' batches (closing those now whole) and keep every rank's overlays."""
+        self.tally.reduce(reducer)
+        self.seen = reducer.sum(self.seen)
+        gathered = reducer.gather((self.run_overlap, self.run_filled, self.overlays))
+        self.run_overlap, self.run_filled = {}, {}
+        for runs, counts, _ in gathered:
+            for run, count in counts.items():
+                self._pool(run, list(runs.get(run, {}).items()), count)
+        for run in sorted(self.run_filled):
+            if self.run_filled[run] == self.params.per_batch_size:
+                self._close_run(run)
+        self.overlays = sorted((chunk for _, _, overlays in gathered for chunk in overlays), key=lambda chunk: chunk[0])
 
     @staticmethod
     def _add_run(name: str, intersection: Tensor, union: Tensor, images: int, tally: Tally) -> None:
@@ -175,8 +196,9 @@ class AttentionIoU(Metric):
         # The open run is added to a copy: compute leaves the state as it was.
         tally = Tally()
         tally.sums = {name: value.clone() for name, value in self.tally.sums.items()}
-        for name, (intersection, union) in self.run_overlap.items():
-            self._add_run(name, intersection, union, self.run_filled, tally)
+        for run in sorted(self.run_overlap):  # the last, shorter run
+            for name, (intersection, union) in self.run_overlap[run].items():
+                self._add_run(name, intersection, union, self.run_filled[run], tally)
 
         def mean(total: str, count: str) -> float:
             # nan when no image (or run) had a non-empty union
@@ -190,10 +212,12 @@ class AttentionIoU(Metric):
             out[key] = mean(name, f"count:{key}")
             if key.startswith("attn_iou/"):
                 out[key.replace("attn_iou/", "attn_iou_per_batch/", 1)] = mean(f"run_sum:{key}", f"run_count:{key}")
-        if self.overlay_images:
-            for role, chunks in self.overlay_maps.items():
+        if self.overlays:
+            chunks = sorted(self.overlays, key=lambda chunk: chunk[0])
+            for role in dict.fromkeys(role for _, maps, _ in chunks for role in maps):
                 # float64 before rounding: a rounded float32 prints as 0.12300000339746475 in JSON
-                out[role_key("attn_overlay", role)] = torch.cat(chunks).double().round(decimals=3).tolist()
-            images = torch.cat(self.overlay_images).mul(255).round().clamp(0, 255).to(torch.uint8)
+                maps = torch.cat([maps[role] for _, maps, _ in chunks if role in maps])
+                out[role_key("attn_overlay", role)] = maps.double().round(decimals=3).tolist()
+            images = torch.cat([images for _, _, images in chunks]).mul(255).round().clamp(0, 255).to(torch.uint8)
             out["attn_overlay_images"] = images.tolist()
         return out

@@ -74,8 +74,10 @@ class MutualInformation(Metric):
     - ``mi_per_batch/A~B``: the authors' figure: MI of each run of ``per_batch_size``
       consecutive samples, averaged over runs with equal weight (the last, shorter run
       included, as a last smaller batch is in the authors' average). Consecutive
-      samples are counted across evaluation batches, so the figure does not depend on
-      the evaluation batch size.
+      samples are counted across evaluation batches (placed by ``EvalBatch.offset``),
+      so the figure does not depend on the evaluation batch size, nor on how batches
+      are spread over processes: ``reduce`` adds up the pieces of a run that several
+      ranks saw before taking its MI.
 
     And per role (ensemble included): ``label_mi/<role>``, MI between the predicted and
     the true labels over the whole set.
@@ -83,10 +85,11 @@ class MutualInformation(Metric):
 
     def reset(self) -> None:
         self.tables: dict[str, Tensor] = {}
-        self.chunk_tables: dict[str, Tensor] = {}
-        self.chunk_filled = 0
+        self.chunk_tables: dict[int, dict[str, Tensor]] = {}  # open runs by index: pair -> table
+        self.chunk_filled: dict[int, int] = {}  # open runs by index: samples seen
         self.chunk_mi = Tally()
         self.chunks_done = 0
+        self.seen = 0  # samples so far: the offset when a batch has none
 
     def _add_table(self, store: dict[str, Tensor], name: str, table: Tensor) -> None:
         if name in store:
@@ -111,25 +114,49 @@ class MutualInformation(Metric):
         # Authors' per-batch figure over runs of per_batch_size consecutive samples; a
         # run can straddle evaluation batches, so feed the batch in slices.
         size = self.params.per_batch_size
+        offset = self.seen if batch.offset is None else batch.offset
         start, total = 0, len(batch.targets)
+        self.seen += total
         while start < total:
-            stop = min(total, start + size - self.chunk_filled)
+            chunk = (offset + start) // size
+            stop = min(total, (chunk + 1) * size - offset)
+            tables = self.chunk_tables.setdefault(chunk, {})
             for left, right in pairs:
                 table = contingency_table(
                     predictions[left][start:stop], predictions[right][start:stop], num_classes, num_classes
                 )
-                self._add_table(self.chunk_tables, pair_key("mi_per_batch", left, right), table)
-            self.chunk_filled += stop - start
+                self._add_table(tables, pair_key("mi_per_batch", left, right), table)
+            self.chunk_filled[chunk] = self.chunk_filled.get(chunk, 0) + stop - start
             start = stop
-            if self.chunk_filled == size:
-                self._close_chunk()
+            if self.chunk_filled[chunk] == size:
+                self._close_chunk(chunk)
 
-    def _close_chunk(self) -> None:
-        for name, table in self.chunk_tables.items():
+    def _close_chunk(self, chunk: int) -> None:
+        for name, table in self.chunk_tables.pop(chunk, {}).items():
             self.chunk_mi.add(name, mutual_information(table))
-        self.chunk_tables = {}
-        self.chunk_filled = 0
+        del self.chunk_filled[chunk]
         self.chunks_done += 1
+
+    def reduce(self, reducer) -> None:
+        """Several processes: sum the tables and the finished runs' MI; add up the pieces
+        of runs that straddled two ranks' batches, then close those that are whole."""
+        self.tables = reducer.sum(self.tables)
+        self.chunk_mi.reduce(reducer)
+        self.chunks_done = reducer.sum(self.chunks_done)
+        self.seen = reducer.sum(self.seen)
+        merged: dict[int, dict[str, Tensor]] = {}
+        filled: dict[int, int] = {}
+        for tables, counts in reducer.gather((self.chunk_tables, self.chunk_filled)):
+            for chunk, count in counts.items():
+                filled[chunk] = filled.get(chunk, 0) + count
+            for chunk, named in tables.items():
+                for name, table in named.items():
+                    self._add_table(merged.setdefault(chunk, {}), name, table)
+        self.chunk_tables, self.chunk_filled = {}, {}
+        for chunk in sorted(filled):
+            self.chunk_tables[chunk], self.chunk_filled[chunk] = merged.get(chunk, {}), filled[chunk]
+            if filled[chunk] == self.params.per_batch_size:
+                self._close_chunk(chunk)
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -137,12 +164,14 @@ class MutualInformation(Metric):
             out[name] = float(mutual_information(table))
             if name.startswith("mi/"):
                 out["nmi/" + name.removeprefix("mi/")] = float(normalized_mutual_information(table))
-        # The open run counts as one more batch, without closing it (compute is read-only).
-        chunks = self.chunks_done + (1 if self.chunk_filled else 0)
-        names = set(self.chunk_mi.names()) | set(self.chunk_tables)
+        # The open run (the last, shorter one) counts as one more batch, without closing
+        # it (compute is read-only).
+        chunks = self.chunks_done + len(self.chunk_filled)
+        names = set(self.chunk_mi.names()) | {name for tables in self.chunk_tables.values() for name in tables}
         for name in sorted(names):
             total = self.chunk_mi[name].clone() if name in self.chunk_mi else torch.zeros((), dtype=torch.float64)
-            if name in self.chunk_tables:
-                total = total + mutual_information(self.chunk_tables[name]).to(total.device)
+            for chunk in sorted(self.chunk_tables):
+                if name in self.chunk_tables[chunk]:
+                    total = total + mutual_information(self.chunk_tables[chunk][name]).to(total.device)
             out[name] = float(total) / chunks
         return out

@@ -32,3 +32,8 @@ class Tally:
 
     def names(self) -> list[str]:
         return list(self.sums)
+
+    def reduce(self, reducer) -> None:
+        """Sum over the ranks of a run on several processes (``kdzoo.api.Metric.reduce``):
+        a name a rank never added counts as zero there."""
+        self.sums = reducer.sum(self.sums)

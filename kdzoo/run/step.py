@@ -1,0 +1,116 @@
+"""One training step's forward: the teachers (frozen, inference mode), then the student and
+the loss terms in one module.
+
+The student and the losses live in one ``StepModule`` so that, under several processes,
+one DDP wrapper all-reduces the gradients of the student *and* of every trainable part
+of the losses (connectors, CTKD's temperature) with a single reducer. DDP runs with
+``find_unused_parameters=True`` (a loss may leave a parameter out of a step) and without
+syncing buffers on every forward: CRD's memory banks are buffers and would be sent
+every step; ranks keep them equal by gathering every rank's update instead, and the
+BatchNorm statistics (student, connectors) are broadcast from rank 0 before each
+evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo.api import DistillBatch, Loss, ModelOutputs
+from kdzoo.errors import ComponentError, TrainingError
+from kdzoo.host.build import plugin_code
+from kdzoo.run.data import in_layout, to_float
+from kdzoo.run.evaluator import forward_with_taps
+
+
+def loss_term(component, loss: Loss, batch: DistillBatch) -> Tensor:
+    """One loss's value for the batch, checked to be a scalar tensor."""
+    with plugin_code(component, "forward", epoch=batch.epoch, step=batch.step):
+        value = loss(batch)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ComponentError(
+            f"loss '{component.name}' (plugin '{component.plugin}') returned {shape} from forward at epoch "
+            f"{batch.epoch + 1}, step {batch.step + 1}; a loss must return a scalar tensor"
+        )
+    return value.float().reshape(())
+
+
+def divergence_error(terms_spec, state_path, epoch: int, step: int, total: Tensor, terms: list[Tensor]) -> TrainingError:
+    """The error of a loss that is not finite; raised on every rank at once (the check is
+    collective), so a grid may go on to its next arm."""
+    from kdzoo.run import distributed
+
+    detail = ", ".join(f"{term.name}={t.item():.4g}" for term, t in zip(terms_spec, terms))
+    value, where = total.item(), ""
+    if distributed.world_size() > 1:  # the first rank whose loss is not finite tells its story
+        from kdzoo.api import Reducer
+
+        reports = Reducer().gather((value, detail))
+        bad = next(r for r, (v, _) in enumerate(reports) if not math.isfinite(v))
+        (value, detail), where = reports[bad], f" on rank {bad}"
+    kept = f"the last good state (after epoch {epoch}) is in {state_path}" if epoch else "no epoch had finished"
+    error = TrainingError(
+        f"the loss became {value}{where} at epoch {epoch + 1}, step {step + 1} ({detail}); "
+        f"stopped; {kept}. Lower the learning rate or check the loss weights"
+    )
+    error.all_ranks = True  # read by the grid runner: every rank stopped here together
+    return error
+
+
+def teacher_outputs(teachers, taps: list[list[str]], images: Tensor, batch_uint8: Tensor, generator: torch.Generator,
+                    device: torch.device, channels_last: dict[str, bool]) -> list[ModelOutputs]:
+    """Every teacher's outputs on the batch (its own augmented view with teacher_views: own)."""
+    outputs = []
+    for teacher, paths in zip(teachers, taps):
+        if teacher.augmentation is not None:  # teacher_views: own
+            x = to_float(teacher.augmentation(batch_uint8, generator), device, channels_last[teacher.role])
+        else:
+            x = in_layout(images, channels_last[teacher.role])
+        with torch.inference_mode():
+            logits, feats = forward_with_taps(teacher.network, x, paths)
+        # Inference tensors cannot be saved for backward: clone them out of inference mode.
+        outputs.append(ModelOutputs(logits.clone(), {k: v.clone() for k, v in feats.items()}))
+    return outputs
+
+
+class StepModule(nn.Module):
+    """The student (with its taps) and the losses: ``forward`` returns the loss terms."""
+
+    def __init__(self, network: nn.Module, losses: nn.ModuleList, components: list, student_taps: list[str]):
+        super().__init__()
+        self.network = network  # the same modules the trainer saves: no copy
+        self.losses = losses
+        self.components = components
+        self.student_taps = student_taps
+
+    def forward(self, images: Tensor, teachers: list[ModelOutputs], targets: Tensor, indices: Tensor,
+                epoch: int, epochs: int, step: int, steps: int) -> list[Tensor]:
+        logits, feats = forward_with_taps(self.network, images, self.student_taps)
+        batch = DistillBatch(
+            student=ModelOutputs(logits, feats), teachers=teachers, targets=targets, images=images,
+            indices=indices, epoch=epoch, epochs=epochs, step=step, steps=steps,
+        )
+        return [loss_term(component, loss, batch) for component, loss in zip(self.components, self.losses)]
+
+
+def wrap_ddp(step_module: StepModule, device: torch.device) -> nn.Module:
+    """``step_module`` under DistributedDataParallel (parameters broadcast from rank 0 now)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # A parameter no forward uses: with find_unused_parameters=True, DDP warns (from C++,
+    # once per process) on a step where every parameter was used, the usual case. Not in
+    # the optimizer, not saved: it costs one float in an all-reduce bucket.
+    step_module.unused_by_design = nn.Parameter(torch.zeros(1, device=device))
+    # Buffers are not synced on every forward (memory banks); torch >= 2.13 names the flag anew.
+    no_forward_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    return DistributedDataParallel(
+        step_module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+        **({"forward_sync_buffers": False} if no_forward_sync else {"broadcast_buffers": False}),
+    )
