@@ -251,3 +251,27 @@ def test_a_factory_returning_the_wrong_type_fails_as_kdzoo_run_refuses_it(plugin
         """)
     detail = results(check_plugin(target), FAIL, "smoke")["loss 'contract-module'"]
     assert detail == "loss 'contract-module' (plugin 'kdzoo_contract_type') returned Linear, not a kdzoo.api.Loss"
+
+
+def test_a_metric_whose_state_cannot_be_reduced_fails_the_check(plugin):
+    target = plugin("kdzoo_contract_list_state", """
+        from kdzoo.api import Metric, role_key
+
+        class PerBatch(Metric):
+            \"\"\"Keeps a Python list of per-batch sizes: not a sum over processes.\"\"\"
+
+            def reset(self):
+                self.sizes = []
+
+            def update(self, batch):
+                self.sizes.append(batch.targets.shape[0])
+
+            def compute(self):
+                return {role_key("batches", "model"): float(len(self.sizes))}
+
+        @hookimpl
+        def register_metrics(register):
+            register("per-batch", PerBatch, description="keeps a list")
+        """)
+    detail = results(check_plugin(target), FAIL, "smoke")["metric 'per-batch'"]
+    assert "reduce() for multi-process evaluation: PerBatch.sizes (list) is not a sum of per-rank parts" in detail

@@ -153,7 +153,25 @@ def _run_metric(component: Component, params: Any, networks: dict[str, Any], tea
             metric.update(make_eval_batch(metric, networks, teachers=teachers, student=student, seed=seed))
     with plugin_code(component, "compute"):
         figures = metric.compute()
-    return _finite_figures(figures, f"in a {'distill' if teachers else 'train'} run")
+    checked = _finite_figures(figures, f"in a {'distill' if teachers else 'train'} run")
+    _check_reduce(component, metric, checked)
+    return checked
+
+
+def _check_reduce(component: Component, metric: Any, figures: dict[str, float]) -> None:
+    """Under several processes kdzoo calls ``reduce`` before ``compute``; over one process
+    it must change nothing (a state the default cannot sum needs an override)."""
+    from kdzoo.api import Reducer
+
+    try:
+        metric.reduce(Reducer(rank=0, world_size=1))
+    except TypeError as exc:
+        raise SmokeFailure(f"reduce() for multi-process evaluation: {exc}") from None
+    with plugin_code(component, "compute after reduce"):
+        again = metric.compute()
+    changed = [k for k, v in figures.items() if not isinstance(again.get(k), (int, float)) or abs(again[k] - v) > 1e-9 * max(1.0, abs(v))]
+    if changed:
+        raise SmokeFailure(f"reduce() over one process changed {', '.join(changed[:3])}: it must be the identity there")
 
 
 def smoke_metric(component: Component, params: Any) -> str:
