@@ -1,4 +1,4 @@
-"""Where and how a run computes: device, threads, bf16 autocast, memory layout."""
+"""Where and how a run computes: device, threads, bf16 autocast, memory layout, torch.compile."""
 
 from __future__ import annotations
 
@@ -62,3 +62,27 @@ def _rank_gpu(requested: str) -> str:
 
 def wants_channels_last(spec: AnySpec, network: Network) -> bool:
     return spec.channels_last if spec.channels_last is not None else network.family == "cnn"
+
+
+def compile_forward(network: Network) -> None:
+    """``network.forward`` through ``torch.compile`` (default mode), in place (spec ``compile: true``).
+
+    The module itself is unchanged: its state dict (checkpoints) and a DDP wrapper see
+    the same module. A compiled graph does not call forward hooks registered after it
+    was compiled, and taps are forward hooks added per call: while any module of the
+    network has one (a feature loss, an attention metric), the call runs eagerly, so
+    taps always see their outputs. Off by default: on the CPU it compiles for 15-30 s
+    and buys nothing over eager channels_last + bf16 (PERF-NOTES); it should pay on
+    GPUs, where small CNNs are bound by kernel launches (docs/performance.md).
+    """
+    if getattr(network, "_kdzoo_compiled", False):  # a teacher shared by two runs of one process
+        return
+    eager = network.forward
+    compiled = torch.compile(eager)
+
+    def forward(images):
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in network.modules())
+        return eager(images) if hooked else compiled(images)
+
+    network.forward = forward
+    network._kdzoo_compiled = True

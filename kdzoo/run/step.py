@@ -13,8 +13,6 @@ evaluation.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -38,19 +36,72 @@ def loss_term(component, loss: Loss, batch: DistillBatch) -> Tensor:
     return value.float().reshape(())
 
 
-def divergence_error(terms_spec, state_path, epoch: int, step: int, total: Tensor, terms: list[Tensor]) -> TrainingError:
-    """The error of a loss that is not finite; raised on every rank at once (the check is
-    collective), so a grid may go on to its next arm."""
+CHECK_EVERY = 50  # steps between two reads of the non-finite flag (and at the end of every epoch)
+
+
+class LossTally:
+    """An epoch's loss sums and its first non-finite step, kept on the device.
+
+    ``add`` queues a few tiny kernels and never waits for the device: the sums are float64
+    (the float32 values, added in order, as Python floats were before, so figures are bit
+    for bit the same on the CPU) and are read once per epoch (``means``). The first step
+    whose total is not finite keeps its step number and term values on the device;
+    ``first_bad`` reads them (one host sync), every ``CHECK_EVERY`` steps and at the
+    epoch's end. Checking late loses nothing: the last good state on disk is the previous
+    epoch's either way, and the message names the first bad step.
+    """
+
+    def __init__(self, keys: list[str], device: torch.device):
+        self.keys = list(dict.fromkeys(keys))  # "loss", then each term's figure; two terms of one name share one
+        self.slots = [self.keys.index(k) for k in keys]
+        self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
+        self.count = 0
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_values = torch.zeros(len(keys), dtype=torch.float32, device=device)  # total, then each term
+
+    def add(self, step: int, total: Tensor, terms: list[Tensor]) -> None:
+        values = torch.stack([total.detach().float(), *(t.detach().float() for t in terms)])
+        if len(self.keys) == len(self.slots):
+            self.sums += values.double()
+        else:  # a shared figure adds its terms one after the other, as the Python floats did
+            for slot, value in zip(self.slots, values.double().unbind()):
+                self.sums[slot].add_(value)
+        self.count += 1
+        first = self.bad_step.lt(0) & values[0].isfinite().logical_not()
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_values = torch.where(first, values, self.bad_values)
+
+    def first_bad(self) -> tuple[int, list[float]] | None:
+        """(step, [total, *terms]) of the first non-finite step so far, or None (reads the device)."""
+        step = int(self.bad_step)
+        return None if step < 0 else (step, self.bad_values.tolist())
+
+    def means(self) -> dict[str, float]:
+        """Each figure averaged over the epoch's steps (reads the device once)."""
+        return {k: v / max(1, self.count) for k, v in zip(self.keys, self.sums.tolist())}
+
+
+def divergence_error(terms_spec, state_path, epoch: int, bad: tuple[int, list[float]] | None) -> TrainingError:
+    """The error of a loss that is not finite, from ``LossTally.first_bad``.
+
+    With several processes every rank calls it at the same check (a gather), also a rank
+    whose loss stayed finite (``bad`` None): the rank with the earliest bad step, the
+    lowest of them on a tie, tells its story, and every rank raises, so a grid may go on
+    to its next arm."""
     from kdzoo.run import distributed
 
-    detail = ", ".join(f"{term.name}={t.item():.4g}" for term, t in zip(terms_spec, terms))
-    value, where = total.item(), ""
-    if distributed.world_size() > 1:  # the first rank whose loss is not finite tells its story
+    report = None
+    if bad is not None:
+        step, (value, *terms) = bad
+        report = (step, value, ", ".join(f"{term.name}={t:.4g}" for term, t in zip(terms_spec, terms)))
+    where = ""
+    if distributed.world_size() > 1:
         from kdzoo.api import Reducer
 
-        reports = Reducer().gather((value, detail))
-        bad = next(r for r, (v, _) in enumerate(reports) if not math.isfinite(v))
-        (value, detail), where = reports[bad], f" on rank {bad}"
+        reports = Reducer().gather(report)
+        first = min((r for r, rep in enumerate(reports) if rep is not None), key=lambda r: (reports[r][0], r))
+        report, where = reports[first], f" on rank {first}"
+    step, value, detail = report
     kept = f"the last good state (after epoch {epoch}) is in {state_path}" if epoch else "no epoch had finished"
     error = TrainingError(
         f"the loss became {value}{where} at epoch {epoch + 1}, step {step + 1} ({detail}); "

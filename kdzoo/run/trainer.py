@@ -11,6 +11,10 @@ the same shuffled order from the (seed, epoch) generator and takes its contiguou
 slice of each global batch; augmentation, dropout and loss sampling use a generator of
 (seed, epoch, rank). The student and the losses train under one DDP wrapper (see
 :mod:`kdzoo.run.step`); teachers stay frozen on every rank. Only rank 0 writes files.
+
+No step waits for the device: batches come from :class:`~kdzoo.run.data.TrainBatches`, loss
+figures and the non-finite flag stay on it (:class:`~kdzoo.run.step.LossTally`) and are read
+every ``CHECK_EVERY`` steps and at the end of each epoch, on every rank at the same steps.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_loss, build_metric, build_model, plugin_code
 from kdzoo.run import distributed
 from kdzoo.run.checkpoint import save_checkpoint, versions, write_json, write_text
-from kdzoo.run.data import batch_indices, in_layout, load_data, rank_shard, to_float
+from kdzoo.run.data import TrainBatches, in_layout, load_data, to_float
 from kdzoo.run.evaluator import Evaluator, forward_with_taps
-from kdzoo.run.runtime import select_runtime, wants_channels_last
+from kdzoo.run.runtime import compile_forward, select_runtime, wants_channels_last
 from kdzoo.run.schedule import epoch_seed, lr_factor, make_optimizer
 from kdzoo.run.state import load_state, save_state
-from kdzoo.run.step import StepModule, divergence_error, teacher_outputs, wrap_ddp
+from kdzoo.run.step import CHECK_EVERY, LossTally, StepModule, divergence_error, teacher_outputs, wrap_ddp
 from kdzoo.run.teachers import Teacher
 from kdzoo.spec import AnySpec, TrainSpec
 
@@ -101,6 +105,9 @@ class Trainer:
         self.losses.to(self.runtime.device)
         if distributed.active() and spec.sync_bn:
             self.network = self._sync_batchnorm(self.network)
+        for network in [self.network, *(t.network for t in teachers)] if spec.compile else []:
+            compile_forward(network)  # after the losses' setup: its sample forward would compile for a batch of 8
+        self.batches = TrainBatches(self.data.train_images, self.data.train_labels, self.runtime.device)  # models placed first
         self.optimizer = make_optimizer(spec, list(self.network.parameters()) + list(self.losses.parameters()))
         self.step_module = StepModule(self.network, self.losses, self.loss_components, self.student_taps)
         if distributed.active():  # broadcasts rank 0's parameters: every rank starts equal
@@ -164,53 +171,57 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------
     def _generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
-        """(data order, augmentation): one generator in one process, as always; with
-        several, the order is shared and augmentation is the rank's own."""
+        """(data order, augmentation): one generator in one process on the CPU, as always (on CUDA
+        the augmentation's is on the GPU); with several, the order is shared and augmentation is the rank's own."""
         seed = epoch_seed(self.spec.seed, epoch)
         order = torch.Generator().manual_seed(seed)
         if not distributed.active():
             torch.manual_seed(seed)
-            return order, order
+            return order, order if self.batches.where == "host" else self.batches.generator(seed)
         own = distributed.rank_seed(self.spec.seed, epoch, self.rank)
         torch.manual_seed(own)  # dropout, CRD's negatives: different per rank
-        return order, torch.Generator().manual_seed(own)
+        return order, self.batches.generator(own)
 
     def train_epoch(self, epoch: int, step: int, progress) -> tuple[int, dict[str, float]]:
-        spec = self.spec
+        spec, device = self.spec, self.runtime.device
         order, generator = self._generators(epoch)
         self.network.train()
         self.losses.train()
-        sums = {"loss": 0.0, **{f"loss/{t.name}": 0.0 for t in spec.losses}}
-        count = 0
-        labels_all = self.data.train_labels
-        n = len(labels_all)
+        tally = LossTally(["loss", *(f"loss/{t.name}" for t in spec.losses)], device)
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False, disable=progress if self.main else True)  # None: only on a TTY
-        for global_index in batch_indices(n, spec.batch_size, order, drop_last=n >= spec.batch_size):
-            index = rank_shard(global_index, self.rank, self.world_size)
-            batch_uint8 = self.data.train_images[index]
-            with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=step):
-                augmented = self.augmentation(batch_uint8, generator)
-            images = to_float(augmented, self.runtime.device, self.channels_last[self.role])
-            targets = labels_all[index].to(self.runtime.device)
-            for group in self.optimizer.param_groups:
-                group["lr"] = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
-            with self.runtime.autocast():
-                teachers = teacher_outputs(self.teachers, self.teacher_taps, images, batch_uint8, generator, self.runtime.device, self.channels_last)
-                terms = self.step_module(images, teachers, targets, index.to(self.runtime.device), epoch, spec.epochs, step, self.total_steps)
-            total = sum(w * t for w, t in zip(self.weights, terms))
-            if distributed.any_rank(not torch.isfinite(total)):  # every rank stops at the same step
-                raise divergence_error(spec.losses, rundir.state_file(self.run_dir), epoch, step, total, terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+        for batch_uint8, targets, index in self.batches.epoch(spec.batch_size, order, self.rank, self.world_size):
+            try:
+                with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=step):
+                    augmented = self.augmentation(batch_uint8, generator)
+                images = to_float(augmented, device, self.channels_last[self.role])
+                for group in self.optimizer.param_groups:
+                    group["lr"] = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
+                with self.runtime.autocast():
+                    teachers = teacher_outputs(self.teachers, self.teacher_taps, images, batch_uint8, generator, device, self.channels_last)
+                    terms = self.step_module(images, teachers, targets, index, epoch, spec.epochs, step, self.total_steps)
+                total = sum(w * t for w, t in zip(self.weights, terms))
+                tally.add(step, total, terms)  # on the device: no wait
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+            except Exception as exc:
+                if not distributed.active():  # a step after a non-finite one may fail on NaN weights: the first bad step is the story
+                    self._stop_if_diverged(tally, epoch, cause=exc)
+                raise
             step += 1
-            count += 1
-            sums["loss"] += total.item()
-            for term, value in zip(spec.losses, terms):
-                sums[f"loss/{term.name}"] += value.item()
             bar.update(1)
+            if tally.count % CHECK_EVERY == 0:
+                self._stop_if_diverged(tally, epoch)
         bar.close()
-        return step, distributed.mean_over_ranks({k: v / max(1, count) for k, v in sums.items()})
+        self._stop_if_diverged(tally, epoch)
+        return step, distributed.mean_over_ranks(tally.means())
+
+    def _stop_if_diverged(self, tally: LossTally, epoch: int, cause: Exception | None = None) -> None:
+        """Raise the divergence error if a step's loss was not finite. On every rank at the
+        same steps (a collective), except with a ``cause`` (one process: a step failed)."""
+        bad = tally.first_bad()
+        if (bad is not None) if cause is not None else distributed.any_rank(bad is not None):
+            raise divergence_error(self.spec.losses, rundir.state_file(self.run_dir), epoch, bad) from cause
 
     def evaluate(self, final: bool, epoch: int | None = None) -> dict[str, Any]:
         spec = self.spec

@@ -188,6 +188,7 @@ class RunSpec(StrictModel):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning-rate schedule, stepped per batch")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where the device supports it")
     channels_last: bool | None = Field(None, description="None: on for CNNs")
+    compile: bool = Field(False, exclude_if=lambda on: not on, description="torch.compile the student's and teachers' forward (for GPUs); off by default: on the CPU it compiles for 15-30 s and buys nothing. Not inherited by inline teachers; left out of the resolved spec while false")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     sync_bn: bool = Field(False, description="several GPUs (torchrun): BatchNorm -> SyncBatchNorm, statistics over the global batch")

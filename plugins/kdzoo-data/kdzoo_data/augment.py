@@ -6,6 +6,11 @@ and resumable. Geometric steps are vectorised over the batch (index gathers and 
 grids, one draw per image). torchvision's AutoAugment / RandAugment draw one operation
 for a whole tensor from the global RNG, so they run per chunk of images inside
 ``torch.random.fork_rng`` with the global RNG seeded from the generator.
+
+Device-agnostic: the generator lives on the images' device (a CPU generator for CPU
+images, ``torch.Generator(device="cuda")`` for CUDA images); every draw is made there
+with ``generator=`` and ``device=images.device``, every constant tensor is created on
+``images.device``, and nothing reads a device tensor back to the host (no sync).
 """
 
 from __future__ import annotations
@@ -24,12 +29,29 @@ Step = Callable[[Tensor, torch.Generator], Tensor]
 
 # --------------------------------------------------------------------------- random draws
 def _rand(generator: torch.Generator, *size: int, device: torch.device) -> Tensor:
-    """Uniform [0, 1) numbers drawn on the generator's device, moved to the images' device."""
-    return torch.rand(size, generator=generator, device=generator.device).to(device)
+    """Uniform [0, 1) numbers drawn on the images' device (the generator's own)."""
+    return torch.rand(size, generator=generator, device=device)
 
 
 def _randint(generator: torch.Generator, low: int, high: int, *size: int, device: torch.device) -> Tensor:
-    return torch.randint(low, high, size, generator=generator, device=generator.device).to(device)
+    return torch.randint(low, high, size, generator=generator, device=device)
+
+
+def _host_seed(generator: torch.Generator, device: torch.device) -> int:
+    """A seed for the global (CPU) RNG that torchvision's policies draw from, taken from
+    ``generator`` without waiting for a device.
+
+    A CPU generator draws it, as always. A device generator's state (seed and offset)
+    is host-side: the seed is a digest of it, and one draw on the device (never read)
+    moves the generator on, so the next batch gets another seed.
+    """
+    if generator.device.type == "cpu":
+        return int(torch.randint(0, 2**62, (1,), generator=generator))
+    import hashlib
+
+    state = bytes(generator.get_state().tolist())  # a host tensor: no device sync
+    torch.randint(0, 2**62, (1,), generator=generator, device=device)
+    return int.from_bytes(hashlib.sha256(state).digest()[:8], "little") & (2**62 - 1)
 
 
 def _reflect_index(index: Tensor, length: int) -> Tensor:
@@ -207,8 +229,8 @@ class ChunkedPolicy:
         batch = images.shape[0]
         if batch == 0:
             return images
-        order = torch.randperm(batch, generator=generator, device=generator.device).to(images.device)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        order = torch.randperm(batch, generator=generator, device=images.device)
+        seed = _host_seed(generator, images.device)
         # index_select, not images[order]: advanced indexing of uint8 is ~20x slower here.
         shuffled = images.index_select(0, order)
         with torch.random.fork_rng(devices=[]):
