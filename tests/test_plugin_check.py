@@ -268,7 +268,7 @@ BROKEN_PLUGINS = {
         def register_losses(register):
             register("bad-kl", TemperedKL, params=Params, description="x")
         """,
-        ["needs kdzoo plugin API 99.0, this kdzoo provides 1.0"],
+        ["needs kdzoo plugin API 99.0, this kdzoo provides 1.1"],
     ),
     "no_hooks": (
         """

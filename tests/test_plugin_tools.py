@@ -171,7 +171,7 @@ def test_new_writes_a_plugin_package(kdzoo_cli, tmp_path):
     assert files == ["README.md", "kdzoo_sharp_kd/__init__.py", "kdzoo_sharp_kd/loss.py", "pyproject.toml", "tests/test_kdzoo_sharp_kd.py"]
     assert '[project.entry-points.kdzoo]\nkdzoo-sharp-kd = "kdzoo_sharp_kd"' in (root / "pyproject.toml").read_text()
     hooks = (root / "kdzoo_sharp_kd" / "__init__.py").read_text()
-    assert '"sharp-kd",\n        "kdzoo_sharp_kd.loss:SharpKdLoss"' in hooks and "KDZOO_PLUGIN_API = (1, 0)" in hooks
+    assert '"sharp-kd",\n        "kdzoo_sharp_kd.loss:SharpKdLoss"' in hooks and "KDZOO_PLUGIN_API = (1, 1)" in hooks
     assert "kdzoo install -e ." in result.output
 
 
