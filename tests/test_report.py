@@ -215,3 +215,37 @@ def test_findings_use_matched_pairs_when_available():
     assert "matched pairs strong - weak: -0.2000 ± 0.0000 over 2 pairs, 2/2 with strong < weak" in first.lines[0]
     fourth = findings(fake_groups(0.1))[3]
     assert fourth.lines[0].startswith("1 teachers: fidelity s~ens weak - strong = 0.1000")
+
+
+def test_a_report_killed_at_any_write_leaves_whole_files_and_reruns_to_the_same_result(grid, reported, tmp_path, monkeypatch):
+    """Every file of the report (CSV, Markdown, PNG) is renamed into place: a kill at the
+    N-th rename leaves only complete files, and running the report again gives the same."""
+    import os
+
+    from kdzoo.run import checkpoint
+
+    reference, _ = reported
+    expected = {p.relative_to(reference): p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.suffix != ".png"}
+
+    class Killed(BaseException):
+        pass
+
+    real = os.replace
+    for fail_at in range(3):  # study.csv, the first plot, ... : each a different file
+        out = tmp_path / f"report-{fail_at}"
+        calls = {"n": 0}
+
+        def replace(src, dst, fail_at=fail_at):
+            calls["n"] += 1
+            if calls["n"] - 1 == fail_at:
+                raise Killed(dst)
+            return real(src, dst)
+
+        with monkeypatch.context() as m:
+            m.setattr(checkpoint.os, "replace", replace)
+            with pytest.raises(Killed):
+                CliRunner().invoke(cli, ["report", str(grid), "--out", str(out)], catch_exceptions=False)
+        assert not [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+        assert CliRunner().invoke(cli, ["report", str(grid), "--out", str(out)]).exit_code == 0
+        got = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".png"}
+        assert {k: v.replace(str(out).encode(), str(reference).encode()) for k, v in got.items()} == expected

@@ -75,6 +75,16 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), write)
 
 
+def write_csv(path: Path, rows: list[list[Any]]) -> None:
+    """Rows (the first one the header) as a CSV file, written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 

@@ -16,15 +16,16 @@ then the plain single-process behaviour.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kdzoo.errors import KdzooError
+from kdzoo.run.checkpoint import write_json
 
 LAUNCHED_ENV = "KDZOO_LAUNCHED"  # set by `kdzoo run --nproc`: ranks leave the message to the launcher
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
@@ -228,9 +229,8 @@ def record_error(exc: BaseException, secondary: bool) -> None:
         "kdzoo": {"error": message, "exit_code": code, "time": time.time(), "secondary": secondary, "rank": rank()},
     }
     try:
-        with open(path, "w") as fh:
-            json.dump(data, fh)
-    except OSError:
+        write_json(Path(path), data, indent=None)
+    except KdzooError:
         pass  # the agent then reports the exit code alone
 
 

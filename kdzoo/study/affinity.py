@@ -9,7 +9,6 @@ Every policy is applied with the same fixed seed, so two runs give the same tabl
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from kdzoo.host.build import build_augmentation, build_metric
 from kdzoo.spec.defaults import DEFAULTS
 from kdzoo.errors import KdzooError, SpecError
 from kdzoo.host.loading import PluginHost
+from kdzoo.run.checkpoint import write_csv, write_text
 from kdzoo.spec import AugmentationRef, TrainSpec, describe_error, load_spec, validate_spec
 from kdzoo.tables import markdown_table
 
@@ -185,13 +185,11 @@ def affinity_table(rows: list[PolicyAffinity]) -> str:
 def write_affinity(rows: list[PolicyAffinity], out_dir: Path, source: Path, seed: int) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "affinity.csv"
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["policy", "clean_top1", "augmented_top1", "affinity"])
-        for r in rows:
-            writer.writerow([r.policy, repr(r.clean_top1), repr(r.augmented_top1), "" if r.affinity is None else repr(r.affinity)])
+    write_csv(csv_path, [["policy", "clean_top1", "augmented_top1", "affinity"]] + [
+        [r.policy, repr(r.clean_top1), repr(r.augmented_top1), "" if r.affinity is None else repr(r.affinity)] for r in rows
+    ])
     md_path = out_dir / "affinity.md"
-    md_path.write_text(
+    write_text(md_path, 
         f"# Augmentation affinity: {source}\n\n"
         "Test top-1 of a model trained without augmentation, on clean test images and on test "
         f"images through each policy (augmentation seed {seed}); affinity = augmented / clean.\n\n"

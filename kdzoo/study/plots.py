@@ -9,12 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdzoo.api.keys import metric_key, split_key
+from kdzoo.run.checkpoint import atomic_write
 from kdzoo.study.arms import Arm, Group
 from kdzoo.study.quantities import QUANTITY, group_spread
 from kdzoo.tables import fmt
 
 OVERLAY_ROWS = 4  # test images per attention-overlay figure
 OVERLAY_IMAGES = "attn_overlay_images"  # the attention-iou metric's split-wide key (no role)
+
+
+def save_figure(fig, path: Path) -> None:
+    """PNG through a temporary file and a rename, like every file kdzoo writes."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def _pyplot():
@@ -50,7 +56,7 @@ def _scatter_groups(groups: list[Group], x_key: str, y_key: str, path: Path, tit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -82,7 +88,7 @@ def plot_reliability(arm: Arm, path: Path, split: str = "test", bins: int = 10) 
     axes[0][0].set_ylabel("accuracy")
     fig.suptitle(f"Reliability ({split}, {bins} bins): {arm.name}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -115,7 +121,7 @@ def plot_attention_overlays(arm: Arm, path: Path, split: str = "test", rows: int
         ax.axis("off")
     fig.suptitle(f"Attention ({split}): {arm.name}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

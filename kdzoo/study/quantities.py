@@ -5,7 +5,6 @@ study.csv built from them.
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections.abc import Callable, Iterable
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdzoo.api.keys import ENSEMBLE, metric_key, pair_metric_key
+from kdzoo.run.checkpoint import write_csv
 from kdzoo.study.arms import Arm, Group
 from kdzoo.tables import fmt, markdown_table
 
@@ -157,12 +157,11 @@ def write_study_csv(groups: list[Group], path: Path) -> None:
     headers = ["group", "n_teachers", "teacher_policies", "student_policy", "seeds", "seed_list", "arms"]
     for q in QUANTITIES:
         headers += [f"{q.key}_mean", f"{q.key}_std"]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(headers)
-        for group in groups:
-            row: list[Any] = describe(group)[:4] + [len(group.seeds), " ".join(map(str, group.seeds)), " ".join(a.name for a in group.arms)]
-            for q in QUANTITIES:
-                s = group_spread(group, q.key)
-                row += ["" if s.mean is None else repr(s.mean), "" if s.std is None else repr(s.std)]
-            writer.writerow(row)
+    rows: list[list[Any]] = [headers]
+    for group in groups:
+        row: list[Any] = describe(group)[:4] + [len(group.seeds), " ".join(map(str, group.seeds)), " ".join(a.name for a in group.arms)]
+        for q in QUANTITIES:
+            s = group_spread(group, q.key)
+            row += ["" if s.mean is None else repr(s.mean), "" if s.std is None else repr(s.std)]
+        rows.append(row)
+    write_csv(path, rows)

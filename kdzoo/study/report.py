@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdzoo.api.keys import metric_key, split_key
+from kdzoo.run.checkpoint import write_text
 from kdzoo.study.arms import Arm, Group, TeacherIndex, group_arms, load_arms
 from kdzoo.study.findings import STRONG_POLICIES, WEAK_POLICIES, Finding, findings, findings_markdown
 from kdzoo.study.plots import (
@@ -98,7 +99,7 @@ def build_report(
     csv_path = out_dir / "study.csv"
     write_study_csv(groups, csv_path)
     md_path = out_dir / "study.md"
-    md_path.write_text(study_markdown(run_dir, arms, groups, table, teachers_table, items, files, skipped, out_dir))
+    write_text(md_path, study_markdown(run_dir, arms, groups, table, teachers_table, items, files, skipped, out_dir))
     return Report(groups, table, teachers_table, items, [csv_path, md_path, *files], skipped)
 
 
