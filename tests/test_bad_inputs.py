@@ -188,3 +188,28 @@ def test_files_respect_the_umask(tmp_path, tiny_train):
         os.umask(old)
     for name in (rundir.MODEL_FILE, rundir.MANIFEST_FILE, rundir.SUMMARY_FILE, rundir.SPEC_FILE, rundir.METRICS_FILE):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("spoil, expected", [
+    ("spec", "is not a resolved kdzoo spec"),
+    ("metrics", "metrics.jsonl is not a kdzoo metrics history"),
+])
+def test_a_corrupt_spec_or_history_is_refused_on_resume(tmp_path, tiny_train, spoil, expected):
+    run = _train(tmp_path, tiny_train, epochs=2)
+    (run / rundir.SUMMARY_FILE).unlink()
+    if spoil == "spec":
+        (run / rundir.SPEC_FILE).write_text("epochs: [1,\n")
+    else:
+        (run / rundir.METRICS_FILE).write_text('{"epoch": 1}\nnot json\n')
+    result = invoke("run", "--resume", run, "--quiet")
+    assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_an_unwritable_dataset_cache_is_one_line(tiny_train, write_spec, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KDZOO_CACHE", str(tmp_path / "file" / "cache"))
+    from kdzoo.run import data
+
+    monkeypatch.setattr(data, "_LOADED", {})
+    result = invoke("run", write_spec(tiny_train), "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 1 and "KDZOO_CACHE: cannot create the dataset cache" in result.output

@@ -23,7 +23,8 @@ import yaml
 
 from kdzoo.api import DistillBatch, EvalBatch, ImageData, Loss, Metric, Network, tapped
 from kdzoo.authoring.check import check_plugin
-from kdzoo.host.loading import PluginHost, file_sha256, load_plugin_file, new_manager
+from kdzoo.host.loading import PluginHost, load_plugin_file, new_manager
+from kdzoo.run.checkpoint import file_sha256
 from kdzoo.host.registry import Registry
 from kdzoo.testing import make_distill_batch, make_eval_batch, random_images, tiny_network_pair
 

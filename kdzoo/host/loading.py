@@ -28,6 +28,7 @@ from kdzoo import PLUGIN_API_VERSION
 from kdzoo.errors import KdzooError, PluginError, did_you_mean
 from kdzoo.host import hookspecs
 from kdzoo.host.registry import Registry, make_register
+from kdzoo.run.checkpoint import file_sha256
 
 ALLOW_LIST_ENV = "KDZOO_LOAD_PLUGINS"
 # Entry-point names of the plugins that ship with kdzoo (plugins/ in the repo). Only
@@ -155,10 +156,6 @@ def _record_failure(host: PluginHost, name: str, exc: BaseException) -> None:
         host.registry.failures[name] = str(exc)
     else:
         host.registry.failures[name] = f"plugin '{name}' failed to import: {type(exc).__name__}: {exc}"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def import_plugin_file(path: Path) -> types.ModuleType:

@@ -139,12 +139,21 @@ def versions(plugin_versions: dict[str, str | None] | None = None) -> dict[str, 
     }
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The file's sha256, read in chunks; remembered per (path, size, mtime), so the teacher
+    weights and plugin files a grid's arms share are hashed once per process."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from kdzoo.errors import StorageError
 from kdzoo.api import ImageData
 from kdzoo.host.build import build_dataset
 from kdzoo.host.registry import Registry
@@ -31,7 +32,10 @@ def cache_dir() -> Path:
     """Where datasets keep decoded tensors and unpacked archives (never inside the repo)."""
     root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "kdzoo")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{CACHE_ENV}: cannot create the dataset cache {path} ({exc.strerror or exc}); set {CACHE_ENV} to a writable folder") from None
     return path
 
 

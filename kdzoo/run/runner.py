@@ -120,8 +120,8 @@ def check_finished_matches(arm_dir: Path, spec: AnySpec, force: bool) -> bool:
 
 def check_all_finished(arms: list[tuple[str, AnySpec]], run_dir: Path, force: bool) -> None:
     """Refuse, before any work starts, a grid with an arm that finished under another spec."""
-    for arm_name, spec in arms:
-        if rundir.is_finished(rundir.arm_dir(run_dir, arm_name)) and not force:
+    if not force:
+        for arm_name, spec in arms:
             check_finished_matches(rundir.arm_dir(run_dir, arm_name), spec, force=False)
 
 
@@ -179,9 +179,9 @@ def resume_host_and_spec(run_dir: Path, plugins_dirs, load_host: Callable[[list[
     path = run_dir / rundir.SPEC_FILE
     if not path.is_file():
         raise KdzooError(f"--resume: {run_dir} is not a kdzoo run directory (no {rundir.SPEC_FILE})")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise KdzooError(f"--resume: {path} is not a resolved kdzoo spec (a mapping of keys)")
+    data = stored_spec(run_dir)
+    if data is None:
+        raise KdzooError(f"--resume: {path} is not a resolved kdzoo spec (unreadable YAML, or not a mapping of keys)")
     host = load_host([*map(Path, data.get("plugins") or []), *files_in_dirs(plugins_dirs)])
     return host, validate_spec(data, host.registry, str(path))
 

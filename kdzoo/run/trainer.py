@@ -95,7 +95,7 @@ class Trainer:
             if self.channels_last[teacher.role]:
                 teacher.network.to(memory_format=torch.channels_last)
         n = len(self.data.train_labels)
-        self.steps_per_epoch = max(1, n // spec.batch_size) if n >= spec.batch_size else 1
+        self.steps_per_epoch = max(1, n // spec.batch_size)
         # A fixed random subset: datasets stored class by class would otherwise give one class.
         limit = min(n, spec.eval.train_limit or n)
         self.train_eval_indices = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
@@ -194,8 +194,9 @@ class Trainer:
                 with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=step):
                     augmented = self.augmentation(batch_uint8, generator)
                 images = to_float(augmented, device, self.channels_last[self.role])
+                lr = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = spec.optimizer.lr * lr_factor(spec, step, self.total_steps, self.steps_per_epoch)
+                    group["lr"] = lr
                 with self.runtime.autocast():
                     teachers = teacher_outputs(self.teachers, self.teacher_taps, images, batch_uint8, generator, device, self.channels_last)
                     terms = self.step_module(images, teachers, targets, index, epoch, spec.epochs, step, self.total_steps)
@@ -246,6 +247,11 @@ class Trainer:
             results.update({split_key(split, k): v for k, v in found.items()})
         return results
 
+    def _write_metrics(self, path: Path, records: list[dict[str, Any]]) -> None:
+        # Rewritten whole and renamed (atomic): a kill never leaves a truncated history.
+        if self.main:
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
     def fit(self, resume: bool = False, progress_disabled: bool | None = None, force: bool = False) -> dict[str, Any]:
         spec = self.spec
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,10 +260,12 @@ class Trainer:
         records = []
         if start_epoch and metrics_path.exists():
             # Drop records of an epoch whose state was never saved (crash in between).
-            records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-            records = [r for r in records if r["epoch"] <= start_epoch]
-        if self.main:
-            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            try:
+                records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+                records = [r for r in records if r["epoch"] <= start_epoch]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise KdzooError(f"--resume: {metrics_path} is not a kdzoo metrics history ({exc}); restore it or start afresh") from None
+        self._write_metrics(metrics_path, records)
         if start_epoch:
             self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
         started = time.perf_counter()
@@ -276,9 +284,7 @@ class Trainer:
                     final_metrics = found
             record["images_per_s"] = round(self.steps_per_epoch * spec.batch_size / train_time, 1)
             records.append(record)
-            # Rewritten whole and renamed (atomic): a kill never leaves a truncated history.
-            if self.main:
-                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            self._write_metrics(metrics_path, records)
             self.save_state(epoch + 1, step)
             shown = {k: record[k] for k in (metric_key("test", "top1", self.role), "loss") if k in record}
             epochs_bar.set_postfix({k.split("/")[-2] if "/" in k else k: f"{v:.3f}" for k, v in shown.items()})
