@@ -58,6 +58,16 @@ STUDENT_PREFIX = "student."  # the whole trained Network's state dict, in state/
 OPTIMIZER_PREFIX = "optimizer."  # optimizer tensors, in state/: optimizer.<param index>.<name>
 
 
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file of a run directory (markers, failures, summaries), or None when it
+    is missing, unreadable or not an object: readers of progress never fail on a torn file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def is_finished(run_dir: str | Path) -> bool:
     """A run finished when its summary, checkpoint and resolved spec are all there."""
     run_dir = Path(run_dir)

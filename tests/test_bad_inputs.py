@@ -213,3 +213,17 @@ def test_an_unwritable_dataset_cache_is_one_line(tiny_train, write_spec, tmp_pat
     monkeypatch.setattr(data, "_LOADED", {})
     result = invoke("run", write_spec(tiny_train), "--out", tmp_path / "out", "--quiet")
     assert result.exit_code == 1 and "KDZOO_CACHE: cannot create the dataset cache" in result.output
+
+
+def test_three_arms_with_one_short_name_all_get_distinct_names():
+    from kdzoo.spec.matrix import unique_arm_names
+
+    same = ({"name": "kd"},)
+    assert unique_arm_names(["losses"], [same, same, same]) == ["kd-1", "kd-2", "kd-3"]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_a_bad_arm_limit_is_refused(tiny_train, write_spec, monkeypatch, value):
+    monkeypatch.setenv("KDZOO_MAX_ARMS", value)
+    result = invoke("validate", write_spec({**tiny_train, "matrix": {"seed": [0, 1]}}))
+    assert result.exit_code == 2 and "KDZOO_MAX_ARMS must be a positive whole number" in result.output

@@ -214,3 +214,23 @@ def test_a_teacher_that_fails_fails_the_arms_needing_it_without_starting_them(ti
     for arm in GOOD_ARMS:
         assert "teacher t1 could not be trained" in json.loads((rundir.arm_dir(grid, arm) / rundir.FAILED_FILE).read_text())["error"]
         assert not (grid / rundir.LAUNCH_DIR / f"arm-{arm}{rundir.LOG_SUFFIX}").exists()  # never started
+
+
+def test_status_of_a_teacher_finished_but_not_yet_published(tmp_path, tiny_train):
+    """Killed between the teacher's last write and its publishing rename: shown as partial
+    (the next run that needs it publishes it), not a KeyError."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from kdzoo import rundir
+    from kdzoo.cli import cli
+    from kdzoo.run.launchers.status import teacher_state
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text(yaml.safe_dump({**tiny_train, "epochs": 1, "output_dir": str(tmp_path / "runs")}))
+    entry = tmp_path / "runs" / "teachers" / "t1-abc"
+    assert CliRunner().invoke(cli, ["run", str(spec), "--out", str(rundir.teacher_partial_dir(entry)), "--quiet"]).exit_code == 0
+    assert teacher_state(entry)["state"] == "partial"
+    shutil.move(rundir.teacher_partial_dir(entry), entry)
+    assert teacher_state(entry)["state"] == "done"

@@ -142,3 +142,10 @@ def test_plugins_new_from_a_file_packages_it_unchanged(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     report = check_plugin("kdzoo_sharp")
     assert report.ok, report.to_text()
+
+
+def test_a_plugin_file_set_on_the_command_line_is_loaded(tiny_distill, tmp_path, write_spec):
+    (tmp_path / "my_losses.py").write_text(MY_LOSSES)
+    spec = write_spec(_spec(tiny_distill, tmp_path))
+    result = CliRunner().invoke(cli, ["validate", str(spec), "--set", f"plugins=[{tmp_path / 'my_losses.py'}]"])
+    assert result.exit_code == 0, result.output

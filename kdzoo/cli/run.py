@@ -21,7 +21,7 @@ def _load(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path,
     from kdzoo.spec import load_spec
     from kdzoo.spec.plugin_files import plugin_files_of
 
-    files = plugin_files_of(spec_path, plugins_dirs)
+    files = plugin_files_of(spec_path, plugins_dirs, overrides)
     host = load_host_with_warnings(files)
     data, runs = load_spec(spec_path, host.registry, list(overrides))
     return host, data, runs

@@ -22,7 +22,7 @@ def _planned_from_spec(spec_path: Path, overrides: tuple[str, ...], plugins_dirs
     from kdzoo.spec import DistillSpec, load_spec
     from kdzoo.spec.plugin_files import plugin_files_of
 
-    host = load_host_with_warnings(plugin_files_of(spec_path, plugins_dirs))
+    host = load_host_with_warnings(plugin_files_of(spec_path, plugins_dirs, overrides))
     data, runs = load_spec(spec_path, host.registry, list(overrides))
     if data.get("matrix") is None:
         raise KdzooError(f"{spec_path} has no matrix: its runs go to timestamped directories; give `kdzoo status RUN_DIR`")

@@ -60,8 +60,6 @@ def launch_local(nproc: int, argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if nproc < 1:
-        raise KdzooError(f"--nproc {nproc}: give at least 1 process")
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

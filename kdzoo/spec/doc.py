@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from kdzoo.spec import DistillSpec, TrainSpec
+from kdzoo.spec import INHERITED_BY_TEACHERS, DistillSpec, TrainSpec
 
 INTRO = """# Spec reference
 
@@ -23,8 +23,7 @@ may be written as a bare name (`augmentation: weak`).
 
 `matrix:` (any run kind) maps dotted paths to lists of values; the spec expands into
 the product of all values, one run ("arm") each, run in `OUTPUT_DIR/NAME/arms/ARM`.
-Inline teachers inherit `data`, `device`, `precision`, `channels_last`, `threads`,
-`batch_size` and `output_dir` from their distill spec unless they set them, take the
+Inline teachers inherit {inherited} from their distill spec unless they set them, take the
 seed `1000 * seed + index + 1` unless they set one, and are trained once per content
 (cached in `OUTPUT_DIR/teachers/`).
 
@@ -89,7 +88,8 @@ def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
 
 
 def render() -> str:
-    out = [INTRO]
+    fields = [f"`{name}`" for name in INHERITED_BY_TEACHERS]
+    out = [INTRO.replace("{inherited}", ", ".join(fields[:-1]) + " and " + fields[-1])]
     done: set[type[BaseModel]] = set()
     for root in (TrainSpec, DistillSpec):
         for model in _models(root):

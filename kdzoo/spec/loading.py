@@ -104,7 +104,7 @@ def _inherit_teacher_defaults(spec: DistillSpec) -> None:
 
 
 def load_spec(
-    path: str | Path, registry: Registry | None, overrides: list[str] | None = None, max_arms: int | None = None
+    path: str | Path, registry: Registry | None, overrides: list[str] | None = None
 ) -> tuple[dict[str, Any], list[tuple[str, AnySpec]]]:
     """Read, override, expand and validate a spec file.
 
@@ -113,7 +113,7 @@ def load_spec(
     """
     data = apply_overrides(read_spec_file(path), overrides or [])
     resolve_plugin_paths(data, Path(path).resolve().parent, str(path))
-    arms = expand_matrix(data, max_arms=max_arms, source=str(path))
+    arms = expand_matrix(data, source=str(path))
     problems: list[str] = []
     runs: list[tuple[str, AnySpec]] = []
     if data.get("matrix") is not None:

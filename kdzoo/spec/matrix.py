@@ -13,27 +13,30 @@ import itertools
 import math
 import os
 import re
+from collections import Counter
 from typing import Any
 
-from kdzoo.errors import SpecError
+from kdzoo.errors import KdzooError, SpecError
 from kdzoo.spec.paths import set_path
 
 MAX_ARMS_ENV = "KDZOO_MAX_ARMS"
 DEFAULT_MAX_ARMS = 10_000
 
 
-def max_arms_allowed(override: int | None = None) -> int:
-    if override is not None:
-        return override
-    raw = os.environ.get(MAX_ARMS_ENV, "")
-    return int(raw) if raw.isdigit() else DEFAULT_MAX_ARMS
+def max_arms_allowed() -> int:
+    raw = os.environ.get(MAX_ARMS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ARMS
+    if not raw.isdigit() or int(raw) < 1:
+        raise KdzooError(f"{MAX_ARMS_ENV} must be a positive whole number of arms, got {raw!r}")
+    return int(raw)
 
 
 def _values(entry: Any) -> list[Any]:
     return entry if isinstance(entry, list) else [entry]
 
 
-def expand_matrix(data: dict[str, Any], max_arms: int | None = None, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
+def expand_matrix(data: dict[str, Any], source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
     """One spec with ``matrix:`` -> [(arm name, spec dict)] over the product of its values."""
     matrix = data.get("matrix")
     base = {k: v for k, v in data.items() if k != "matrix"}
@@ -43,7 +46,7 @@ def expand_matrix(data: dict[str, Any], max_arms: int | None = None, source: str
         return [(data.get("name") or "run", data)]  # validation reports the bad matrix
     paths = list(matrix)
     count = math.prod(len(_values(matrix[p])) for p in paths)
-    limit = max_arms_allowed(max_arms)
+    limit = max_arms_allowed()
     if count > limit:
         sizes = " x ".join(f"{len(_values(matrix[p]))} ({p})" for p in paths)
         raise SpecError(source, [f"matrix: {count:,} arms ({sizes}) is more than the limit of {limit:,}; "
@@ -64,14 +67,13 @@ def unique_arm_names(paths: list[str], combos: list[tuple[Any, ...]]) -> list[st
     """Short names; where two collide, the colliding ones spell out their values in full
     (component params included); a collision left after that gets a numeric suffix."""
     names = [_arm_name(paths, values, verbose=False) for values in combos]
-    for name in {n for n in names if names.count(n) > 1}:
-        for i, values in enumerate(combos):
-            if names[i] == name:
-                names[i] = _arm_name(paths, values, verbose=True)
-    seen: dict[str, int] = {}
+    short = Counter(names)
+    names = [_arm_name(paths, values, verbose=True) if short[name] > 1 else name for name, values in zip(names, combos)]
+    full = Counter(names)
+    seen: Counter[str] = Counter()
     for i, name in enumerate(names):
-        seen[name] = seen.get(name, 0) + 1
-        if names.count(name) > 1:
+        if full[name] > 1:  # every member of a group still colliding gets a suffix
+            seen[name] += 1
             names[i] = f"{name}-{seen[name]}"
     return names
 

@@ -35,9 +35,10 @@ def files_in_dirs(dirs: tuple[Path, ...] | list[Path]) -> list[Path]:
     return [p.resolve() for d in dirs for p in sorted(Path(d).glob("*.py")) if not p.name.startswith("_")]
 
 
-def plugin_files_of(spec_path: Path, dirs: tuple[Path, ...] | list[Path] = ()) -> list[Path]:
-    """The plugin files a ``kdzoo run SPEC`` needs: the spec's own, then the folders'."""
-    from kdzoo.spec.loading import read_spec_file
+def plugin_files_of(spec_path: Path, dirs: tuple[Path, ...] | list[Path] = (), overrides: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The plugin files a ``kdzoo run SPEC`` needs: the spec's own (``--set plugins=...``
+    included), then the folders'."""
+    from kdzoo.spec.loading import apply_overrides, read_spec_file
 
-    data = read_spec_file(spec_path)
+    data = apply_overrides(read_spec_file(spec_path), list(overrides))
     return [*resolve_plugin_paths(data, Path(spec_path).resolve().parent, str(spec_path)), *files_in_dirs(dirs)]

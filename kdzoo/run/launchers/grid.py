@@ -165,10 +165,8 @@ def _arm_outcome(job: Job, code: int | None, error: str | None) -> str:
 
 
 def _failed_reason(run_dir: Path) -> str | None:
-    try:
-        return str(json.loads((run_dir / rundir.FAILED_FILE).read_text()).get("error"))
-    except (OSError, ValueError, AttributeError):
-        return None
+    failed = rundir.read_json(run_dir / rundir.FAILED_FILE)
+    return None if failed is None or failed.get("error") is None else str(failed["error"])
 
 
 def arm_result(grid_dir: Path, name: str, spec: AnySpec, not_run: str | None = None) -> dict[str, Any]:

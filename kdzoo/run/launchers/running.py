@@ -55,13 +55,7 @@ def running_marker(run_dir: Path) -> Iterator[None]:
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        data = json.loads((Path(run_dir) / rundir.RUNNING_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return rundir.read_json(Path(run_dir) / rundir.RUNNING_FILE)
 
 
 def marker_alive(info: dict[str, Any]) -> bool:

@@ -58,16 +58,8 @@ def grid_status(grid_dir: Path, planned: Planned | None = None) -> dict[str, Any
 
 def _teachers_from_summary(run_dir: Path) -> dict[str, str]:
     """A finished run's teachers (paths as the run saw them: relative to where it ran)."""
-    summary = _read_json(run_dir / rundir.SUMMARY_FILE) or {}
+    summary = rundir.read_json(run_dir / rundir.SUMMARY_FILE) or {}
     return {name: str(info.get("checkpoint")) for name, info in (summary.get("teachers") or {}).items() if info.get("checkpoint")}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _progress(run_dir: Path) -> tuple[int, int | None, float | None]:
@@ -88,7 +80,7 @@ def _progress(run_dir: Path) -> tuple[int, int | None, float | None]:
 def run_state(run_dir: Path) -> dict[str, Any]:
     """One run directory's state, with its test top-1 when done and why when failed."""
     if rundir.is_finished(run_dir):
-        summary = _read_json(run_dir / rundir.SUMMARY_FILE) or {}
+        summary = rundir.read_json(run_dir / rundir.SUMMARY_FILE) or {}
         top1 = (summary.get("final") or {}).get(metric_key("test", "top1", summary.get("role", "student")))
         seconds = summary.get("wall_time_s")
         return {"state": "done", "top1": top1, "detail": f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else ""}
@@ -99,7 +91,7 @@ def run_state(run_dir: Path) -> dict[str, Any]:
         where = f"pid {marker.get('pid')} on {marker.get('host')}"
         since = f", last epoch {quiet_s:.0f} s ago" if quiet_s is not None and done else ""
         return {"state": "running", "top1": None, "detail": f"{of}; {where}{since}", "pid": marker.get("pid"), "host": marker.get("host")}
-    failed = _read_json(run_dir / rundir.FAILED_FILE)
+    failed = rundir.read_json(run_dir / rundir.FAILED_FILE)
     if failed is not None:
         return {"state": "failed", "top1": None, "detail": str(failed.get("error", "")), "reason": failed.get("error")}
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
@@ -115,7 +107,8 @@ def teacher_state(entry: Path) -> dict[str, Any]:
     if state["state"] == "done":
         return state
     partial = run_state(rundir.teacher_partial_dir(entry))
-    names = {"running": "training", "stopped": "partial", "failed": "partial", "pending": "pending"}
+    # "done" in .partial: finished, killed before its publishing rename (the next run publishes it)
+    names = {"running": "training", "stopped": "partial", "failed": "partial", "pending": "pending", "done": "partial"}
     return {**partial, "state": names[partial["state"]]}
 
 

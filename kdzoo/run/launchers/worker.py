@@ -24,7 +24,7 @@ def train_teacher(spec_path: Path, arm: str, teacher_name: str, overrides: list[
     from kdzoo.spec import DistillSpec, load_spec
     from kdzoo.spec.plugin_files import plugin_files_of
 
-    host = get_host(plugin_files_of(spec_path, plugins_dirs))
+    host = get_host(plugin_files_of(spec_path, plugins_dirs, overrides))
     _, runs = load_spec(spec_path, host.registry, overrides)
     spec = dict(runs).get(arm)
     if not isinstance(spec, DistillSpec):

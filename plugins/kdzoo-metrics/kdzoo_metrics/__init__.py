@@ -2,7 +2,7 @@
 
 The figures of the study kdzoo reproduces (see ``shared/STUDY.md``): accuracy,
 fidelity, KL, mutual information, entropy, calibration and attention IoU. Key naming
-and the compared pairs are defined once in :mod:`kdzoo_metrics.roles`.
+and the compared pairs are defined once in the public API (:mod:`kdzoo.api.keys`, :func:`kdzoo.api.role_pairs`).
 """
 
 from typing import Literal

@@ -11,7 +11,7 @@ from torch import Tensor
 from kdzoo.api import EvalBatch, Metric, Network
 from kdzoo.api import KdzooError
 from kdzoo_metrics.attention import attention_maps, binary_masks, mask_overlap, required_taps, resolve_method
-from kdzoo_metrics.roles import pair_key, role_key, role_pairs
+from kdzoo.api import pair_key, role_key, role_pairs
 from kdzoo_metrics.tally import Tally
 
 # Overlays are stored as JSON lists in every run's summary: keep them thumbnail-sized.

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
 from kdzoo_metrics.predictions import predicted_class
-from kdzoo_metrics.roles import role_key, role_logits
+from kdzoo.api import role_key, role_logits
 from kdzoo_metrics.tally import Tally
 
 

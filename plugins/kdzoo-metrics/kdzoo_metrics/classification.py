@@ -13,7 +13,7 @@ from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
 from kdzoo_metrics.predictions import predicted_class, top_classes
-from kdzoo_metrics.roles import pair_key, role_key, role_logits, role_pairs
+from kdzoo.api import pair_key, role_key, role_logits, role_pairs
 from kdzoo_metrics.tally import Tally
 
 
@@ -58,7 +58,7 @@ class Fidelity(_SampleMean):
 
     The predicted class is :func:`kdzoo_metrics.predictions.predicted_class`: the
     first maximal logit (lowest class index on ties), the same rule as top-1 accuracy.
-    Keys ``fidelity/<A>~<B>`` for the pairs of :func:`kdzoo_metrics.roles.role_pairs`.
+    Keys ``fidelity/<A>~<B>`` for the pairs of :func:`kdzoo.api.role_pairs`.
     """
 
     def update(self, batch: EvalBatch) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric
 from kdzoo_metrics.predictions import predicted_class
-from kdzoo_metrics.roles import pair_key, role_key, role_logits, role_pairs
+from kdzoo.api import pair_key, role_key, role_logits, role_pairs
 from kdzoo_metrics.tally import Tally
 
 
@@ -64,7 +64,7 @@ def normalized_mutual_information(table: Tensor) -> Tensor:
 class MutualInformation(Metric):
     """MI between two models' predicted labels, and between predictions and true labels.
 
-    Keys, for each pair ``A~B`` of :func:`kdzoo_metrics.roles.role_pairs`:
+    Keys, for each pair ``A~B`` of :func:`kdzoo.api.role_pairs`:
 
     - ``mi/A~B``: MI (nats) of the whole-set K x K contingency table of the two
       predicted classes (:func:`kdzoo_metrics.predictions.predicted_class`: lowest

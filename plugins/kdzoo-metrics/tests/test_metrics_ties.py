@@ -8,7 +8,7 @@ first maximal index), so they do not depend on the module under test.
 import pytest
 import torch
 
-from kdzoo_metrics.roles import role_logits, role_pairs
+from kdzoo.api import role_logits, role_pairs
 
 ROLES = ("student", "t1", "t2")
 
