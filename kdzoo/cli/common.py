@@ -6,18 +6,13 @@ from pathlib import Path
 
 import click
 
-from kdzoo.errors import KdzooError
 
 
 def load_host_with_warnings(plugin_files: list[Path] | tuple[Path, ...] = ()):
     """The plugin host (with ``--plugins-dir``/spec plugin files), each failure reported once."""
-    from kdzoo.host.loading import get_host
+    from kdzoo.host.loading import get_host_with_files
 
-    host = get_host(list(plugin_files))
-    named = {Path(p).resolve().name for p in plugin_files}
-    failed_files = [reason for plugin, reason in host.registry.failures.items() if plugin in named]
-    if failed_files:  # asked for by name: a file that cannot load is an error, not a warning
-        raise KdzooError("plugin file refused: " + "; ".join(failed_files))
+    host = get_host_with_files(list(plugin_files))
     for plugin, reason in host.registry.failures.items():
         click.secho(f"warning: plugin '{plugin}' was not loaded: {reason}", fg="yellow", err=True)
     for warning in host.warnings:

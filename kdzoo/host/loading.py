@@ -237,5 +237,16 @@ def get_host(plugin_files: list[Path] | None = None) -> PluginHost:
     return _HOSTS[key]
 
 
+def get_host_with_files(plugin_files: list[Path]) -> PluginHost:
+    """``get_host`` for files a spec or ``--plugins-dir`` asked for by name: one that cannot
+    load is an error (the run would miss what it asked for), not a warning."""
+    host = get_host(plugin_files)
+    named = {Path(p).resolve().name for p in plugin_files}
+    failed = [reason for plugin, reason in host.registry.failures.items() if plugin in named]
+    if failed:
+        raise KdzooError("plugin file refused: " + "; ".join(failed))
+    return host
+
+
 def reset_host() -> None:
     _HOSTS.clear()

@@ -18,13 +18,13 @@ from kdzoo.errors import KdzooError
 
 def train_teacher(spec_path: Path, arm: str, teacher_name: str, overrides: list[str], plugins_dirs: list[Path],
                   progress: bool | None) -> Path:
-    from kdzoo.host.loading import get_host
+    from kdzoo.host.loading import get_host_with_files
     from kdzoo.run import runner
     from kdzoo.run.teachers import cached_teacher, teacher_dir
     from kdzoo.spec import DistillSpec, load_spec
     from kdzoo.spec.plugin_files import plugin_files_of
 
-    host = get_host(plugin_files_of(spec_path, plugins_dirs, overrides))
+    host = get_host_with_files(plugin_files_of(spec_path, plugins_dirs, overrides))
     _, runs = load_spec(spec_path, host.registry, overrides)
     spec = dict(runs).get(arm)
     if not isinstance(spec, DistillSpec):
