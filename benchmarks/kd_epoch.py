@@ -1,148 +1,178 @@
-"""KD-epoch throughput: kdzoo's trainer epoch against a plain hand-written PyTorch loop
-doing the same work, side by side in one process.
+"""KD-epoch throughput, side by side in one process: kdzoo against the loops it replaces.
 
-The same work: the same uint8 images in memory (synthetic-shapes, 32 px), the same
-augmentation (kdzoo's weak policy: pad-4 crop + flip, per image), two CIFAR ResNet-20
-teachers under inference mode -> a CIFAR ResNet-8 student, 0.6 CE + 0.4 KD (T=3), SGD
-with a cosine schedule stepped per batch, batch 128, channels_last + bf16 autocast where
-the device supports it. On CUDA both keep the images on the GPU and augment them there
-with a CUDA generator; on the CPU both gather and augment in host memory.
+Contenders (each one epoch over the same training images, batch 128, two CIFAR ResNet-20
+teachers under inference mode -> a CIFAR ResNet-8 student, SGD + per-batch cosine):
 
-    python benchmarks/kd_epoch.py --device cpu --images 2048 --repeats 2
-    python benchmarks/kd_epoch.py --device cuda --images 20000 --repeats 3 [--compile]
+- ``kdzoo``: kdzoo's training pass (0.6 CE + 0.4 KD at T=3), uint8 images in memory,
+  vectorised augmentation, channels_last + bf16 autocast where the device supports it.
+- ``plain``: the same work as a hand-tuned PyTorch loop (the same tricks, no framework).
+- ``authors``: the style of the reference implementations (RepDistiller, mdistiller):
+  fp32, contiguous, torchvision ``ImageFolder`` + PIL transforms in a ``DataLoader``,
+  with the study's strong augmentation (RandomResizedCrop + flip + AutoAugment CIFAR-10
+  + Cutout 16); ``kdzoo-strong`` is kdzoo with its ``paper-strong`` policy, the same
+  augmentation vectorised.
+- ``sweep``: K arms (one teacher pair, K different losses) as one fused pass
+  (``fused``) against the same K arms one by one (``--fuse off``: ``separate``).
 
-One warm-up epoch of each first (not timed), then each repeat times one epoch of each,
-alternating which goes first. Prints images per second of each (median over repeats)
-and the ratio kdzoo / plain. ``--compile``: both compile their networks' forward
-(kdzoo's spec ``compile: true``); the warm-up epoch then includes the compilation.
-Run it on an otherwise idle machine.
+Several interleaved rounds (the order rotates each round) after one warm-up epoch of
+each; prints the median images per second, the spread (min-max) and the ratios.
+``--profile`` times the parts of one kdzoo KD step (teachers, student forward,
+backward, optimizer, augmentation, loss, framework glue) with torch's profiler.
+
+    python benchmarks/kd_epoch.py --threads 2 --images 5000 --rounds 3
+    python benchmarks/kd_epoch.py --threads 1 --only sweep --sweep 8
+    python benchmarks/kd_epoch.py --profile --images 2048
+    python benchmarks/kd_epoch.py --device cuda --images 20000
+
+The images: the CIFAR-10 JPEGs (``../shared/datasets/cifar10-jpg.tar.gz``, ``--archive``)
+when present, else synthetic shapes; the authors' loop reads the same images written
+as JPEG files into an ImageFolder. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from kdzoo.host.loading import load_plugins
-from kdzoo.run.runtime import bf16_supported
-from kdzoo.run.teachers import Teacher
-from kdzoo.run.trainer import Trainer
-from kdzoo.spec import validate_spec
+sys.path.insert(0, str(Path(__file__).parent))
+from kd_loops import AuthorsLoop, PlainLoop, profile_step, sync  # noqa: E402
+
+from kdzoo.host.loading import load_plugins  # noqa: E402
+from kdzoo.run.arm import Arm  # noqa: E402
+from kdzoo.run.teachers import Teacher  # noqa: E402
+from kdzoo.run.trainer import TrainingPass, pass_inputs  # noqa: E402
+from kdzoo.spec import validate_spec  # noqa: E402
 
 BATCH = 128
-TEMPERATURE = 3.0
+ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+SWEEP_LOSSES = [  # the zoo's weights (docs/zoo.md): logit and feature methods
+    [{"name": "ce", "weight": 0.6}, {"name": "kd", "weight": 0.4, "params": {"temperature": 3.0}}],
+    [{"name": "ce"}, {"name": "dkd", "weight": 1.0}],
+    [{"name": "ce"}, {"name": "dist", "weight": 1.0}],
+    [{"name": "ce"}, {"name": "wttm", "weight": 1.0}],
+    [{"name": "ce"}, {"name": "nkd", "weight": 1.0}],
+    [{"name": "ce"}, {"name": "fitnet", "weight": 100}],
+    [{"name": "ce"}, {"name": "at", "weight": 1000}],
+    [{"name": "ce"}, {"name": "sp", "weight": 3000}],
+]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def data_spec(images: int, archive: Path) -> dict:
+    if archive.is_file():
+        return {"name": "cifar10-jpg", "params": {"archive": str(archive)}, "train_limit": images, "test_limit": 256}
+    return {"name": "synthetic-shapes", "params": {"train_size": images, "test_size": 256}}
 
 
-def kdzoo_trainer(host, device: torch.device, images: int, out: Path, compile_: bool) -> Trainer:
+def spec_for(host, device: torch.device, data: dict, out: Path, losses: list, augmentation: str, compile_: bool, threads: int):
     model = lambda depth: {"name": "cifar-resnet", "params": {"depth": depth}}  # noqa: E731
-    spec = validate_spec({
-        "kind": "distill", "name": "kd-epoch", "epochs": 100, "batch_size": BATCH, "device": device.type,
-        "data": {"name": "synthetic-shapes", "params": {"train_size": images, "test_size": 100}},
-        "augmentation": "weak", "student": {"model": model(8)},
+    return validate_spec({
+        "kind": "distill", "name": "kd-epoch", "epochs": 100, "batch_size": BATCH, "device": device.type, "threads": threads,
+        "data": data, "augmentation": augmentation, "student": {"model": model(8)},
         "teachers": [{"name": f"t{i}", "train": {"model": model(20)}} for i in (1, 2)],  # never trained: given below
-        "losses": [{"name": "ce", "weight": 0.6}, {"name": "kd", "weight": 0.4, "params": {"temperature": TEMPERATURE}}],
-        "output_dir": str(out), "compile": compile_,
+        "losses": losses, "output_dir": str(out), "compile": compile_,
     }, host.registry)
-    teachers = [Teacher(f"t{i}", host.registry.build("model", "cifar-resnet", {"depth": 20}, num_classes=10, image_size=32)) for i in (1, 2)]
-    return Trainer(spec, host, out / "run", teachers, log=lambda _: None)
 
 
-class PlainLoop:
-    """What one would write by hand for the same KD epoch, with the same tricks."""
+class KdzooEpochs:
+    """kdzoo's pass over ``specs`` (one arm each), fused or one pass per arm."""
 
-    def __init__(self, host, device: torch.device, images: torch.Tensor, labels: torch.Tensor, compile_: bool):
-        build = lambda depth: host.registry.build("model", "cifar-resnet", {"depth": depth}, num_classes=10, image_size=32)  # noqa: E731
-        self.device = device
-        self.bf16 = bf16_supported(device)
-        self.student = build(8).to(device, memory_format=torch.channels_last)
-        self.teachers = [build(20).to(device, memory_format=torch.channels_last).eval().requires_grad_(False) for _ in range(2)]
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        self.images = images.to(device)  # uint8: CIFAR-sized data fit on any GPU
-        self.labels = labels.to(device)
-        self.augment = host.registry.build("augmentation", "weak")
-        self.steps = 0
-        for network in [self.student, *self.teachers] if compile_ else []:
-            network.forward = torch.compile(network.forward)
+    def __init__(self, host, specs, teachers, out: Path, fused: bool):
+        inputs = pass_inputs(specs[0], host, teachers)
+        self.data = inputs.data
+        arms = [Arm(spec, host, out / f"arm{i}", inputs, log=lambda _: None) for i, spec in enumerate(specs)]
+        self.passes = [TrainingPass(inputs, arms)] if fused else [TrainingPass(inputs, [arm]) for arm in arms]
+        self.device = inputs.runtime.device
+        self.epoch = 0
+        self.images = arms[0].steps_per_epoch * BATCH
+        self.precision = "bf16" if inputs.runtime.autocast_dtype else "fp32"
 
-    def epoch(self, seed: int) -> None:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.student.train()
-        for start in range(0, n - n % BATCH, BATCH):
-            index = order[start : start + BATCH]
-            x = self.augment(self.images.index_select(0, index), generator)
-            x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
-            y = self.labels.index_select(0, index)
-            self.optimizer.param_groups[0]["lr"] = 0.1 * 0.5 * (1 + math.cos(math.pi * self.steps / 10_000))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                with torch.inference_mode():
-                    teacher_logits = [t(x).float() for t in self.teachers]
-                logits = self.student(x).float()
-            log_p = F.log_softmax(logits / TEMPERATURE, dim=1)
-            kd = torch.stack([
-                F.kl_div(log_p, F.softmax(t.clone() / TEMPERATURE, dim=1), reduction="batchmean") * TEMPERATURE**2
-                for t in teacher_logits
-            ]).mean()
-            loss = 0.6 * F.cross_entropy(logits, y) + 0.4 * kd
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.steps += 1
+    def __call__(self) -> None:
+        for training in self.passes:
+            training.train_epoch(self.epoch, training.arms, True)
+        self.epoch += 1
         sync(self.device)
+
+
+def measure(contenders: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per epoch of each contender: one warm-up, then ``rounds`` rotating rounds."""
+    for run in contenders.values():  # allocator, oneDNN/cuDNN first-call costs, DataLoader workers
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def report(title: str, images: dict[str, int], seconds: dict[str, list[float]], ratios: list[tuple[str, str]]) -> None:
+    print(f"\n{title}")
+    rate = {name: [images[name] / s for s in values] for name, values in seconds.items()}
+    for name, values in rate.items():
+        print(f"  {name:14s} {statistics.median(values):8.0f} img/s  (min {min(values):.0f}, max {max(values):.0f}, rounds {len(values)})")
+    for a, b in ratios:
+        per_round = [x / y for x, y in zip(rate[a], rate[b])]
+        print(f"  ratio {a}/{b}: {statistics.median(rate[a]) / statistics.median(rate[b]):.2f}"
+              f"  (per round: {', '.join(f'{v:.2f}' for v in per_round)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--images", type=int, default=10000, help="training images (synthetic-shapes, 32 px)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks' forward in both")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--images", type=int, default=5000, help="training images per epoch")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["epoch", "sweep"], help="one part only (default: both)")
+    parser.add_argument("--sweep", type=int, default=8, help="arms in the sweep (at most 8)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the authors' loop")
+    parser.add_argument("--archive", type=Path, default=ARCHIVE, help="cifar10-jpg.tar.gz (else synthetic shapes)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks' forward (kdzoo and plain)")
+    parser.add_argument("--profile", action="store_true", help="only profile one kdzoo KD step, by part")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
     host = load_plugins()
+    data = data_spec(args.images, args.archive)
+    build = lambda depth: host.registry.build("model", "cifar-resnet", {"depth": depth}, num_classes=10, image_size=32)  # noqa: E731
+    torch.manual_seed(0)
+    teachers = [Teacher(f"t{i}", build(20)) for i in (1, 2)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = kdzoo_trainer(host, device, args.images, Path(tmp), args.compile)
-        plain = PlainLoop(host, device, trainer.data.train_images, trainer.data.train_labels, args.compile)
-        seen = trainer.steps_per_epoch * BATCH
-        state = {"epoch": 0, "step": 0}
-
-        def kdzoo_epoch() -> None:
-            state["step"], _ = trainer.train_epoch(state["epoch"], state["step"], True)
-            state["epoch"] += 1
-            sync(device)
-
-        contenders = {"kdzoo": kdzoo_epoch, "plain": lambda: plain.epoch(state["epoch"])}
-        for run in contenders.values():  # warm-up: allocator, cuDNN autotuning, first-call costs
-            run()
-        rates: dict[str, list[float]] = {name: [] for name in contenders}
-        for repeat in range(args.repeats):
-            names = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
-            for name in names:
-                start = time.perf_counter()
-                contenders[name]()
-                rates[name].append(seen / (time.perf_counter() - start))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"KD epoch, {seen} images, batch {BATCH}, 2x ResNet-20 -> ResNet-8, {where}, "
-          f"precision {'bf16' if trainer.runtime.autocast_dtype else 'fp32'}, data on {trainer.batches.where}"
-          f"{', compiled' if args.compile else ''}")
-    for name, values in rates.items():
-        print(f"{name:6s} {statistics.median(values):8.0f} img/s  (repeats: {', '.join(f'{v:.0f}' for v in values)})")
-    print(f"ratio kdzoo/plain: {statistics.median(rates['kdzoo']) / statistics.median(rates['plain']):.3f}")
+        out = Path(tmp)
+        spec = lambda losses, aug="weak": spec_for(host, device, data, out, losses, aug, args.compile, args.threads)  # noqa: E731
+        kd = spec(SWEEP_LOSSES[0])
+        kdzoo = KdzooEpochs(host, [kd], teachers, out / "kdzoo", fused=False)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"kd_epoch: {kdzoo.images} images/epoch ({data['name']}), batch {BATCH}, 2x ResNet-20 -> ResNet-8, {where}, "
+              f"kdzoo precision {kdzoo.precision}, torch {torch.__version__}")
+        if args.profile:
+            profile_step(kdzoo.passes[0], steps=8)
+            return
+        if args.only in (None, "epoch"):
+            plain = PlainLoop(build, device, kdzoo.data, host.registry.build("augmentation", "weak"), args.compile)
+            strong = KdzooEpochs(host, [spec(SWEEP_LOSSES[0], "paper-strong")], teachers, out / "strong", fused=False)
+            authors = AuthorsLoop(build, device, kdzoo.data, out / "imagefolder", args.workers)
+            contenders = {"kdzoo": kdzoo, "plain": plain, "kdzoo-strong": strong, "authors-strong": authors}
+            seconds = measure(contenders, args.rounds)
+            images = {"kdzoo": kdzoo.images, "plain": plain.images, "kdzoo-strong": strong.images, "authors-strong": authors.images}
+            report("one KD epoch (0.6 CE + 0.4 KD, T=3)", images, seconds, [("kdzoo", "plain"), ("kdzoo-strong", "authors-strong")])
+        if args.only in (None, "sweep"):
+            specs = [spec(losses) for losses in SWEEP_LOSSES[: args.sweep]]
+            fused = KdzooEpochs(host, specs, teachers, out / "fused", fused=True)
+            separate = KdzooEpochs(host, specs, teachers, out / "separate", fused=False)
+            seconds = measure({"fused": fused, "separate": separate}, args.rounds)
+            names = ", ".join(s.losses[-1].name for s in specs)
+            report(f"a sweep of {len(specs)} arms ({names}): one fused pass vs --fuse off", {"fused": fused.images, "separate": separate.images},
+                   seconds, [("fused", "separate")])
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ WORKER = textwrap.dedent('''
     spec_path, out = Path(sys.argv[1]), Path(sys.argv[2])
     host = load_plugins()
     spec = validate_spec(json.loads(spec_path.read_text()), host.registry)
-    trainers, fit = [], engine.Trainer.fit
+    trainers, fit = [], engine.TrainingPass.fit
     def capture(self, *args, **kwargs):
-        trainers.append(self)
+        trainers.extend(self.arms)
         return fit(self, *args, **kwargs)
-    engine.Trainer.fit = capture
+    engine.TrainingPass.fit = capture
     run_single(spec, host, out, log=lambda _: None, progress=True)
 
     def digest(module):

@@ -70,19 +70,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(host, tiny_distill,
     spec = validate_spec(tiny_distill, host.registry)
     full = run_single(spec, host, tmp_path / "full", log=lambda _: None, progress=True)
 
-    original = engine.Trainer.train_epoch
+    original = engine.TrainingPass.train_epoch
 
-    def crash_in_third_epoch(self, epoch, step, progress):
+    def crash_in_third_epoch(self, epoch, arms, progress):
         if epoch == 2:
             raise KeyboardInterrupt
-        return original(self, epoch, step, progress)
+        return original(self, epoch, arms, progress)
 
-    monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_third_epoch)
+    monkeypatch.setattr(engine.TrainingPass, "train_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_single(spec, host, tmp_path / "cut", log=lambda _: None, progress=True)
     _, header = load_tensors_with_metadata(rundir.state_file(tmp_path / "cut"))
     assert json.loads(header["kdzoo_state"])["epoch"] == 2
-    monkeypatch.setattr(engine.Trainer, "train_epoch", original)
+    monkeypatch.setattr(engine.TrainingPass, "train_epoch", original)
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "cut"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output

@@ -8,6 +8,8 @@ import sys
 import textwrap
 
 import pytest
+
+from kdzoo import PLUGIN_API_VERSION
 import torch
 
 from kdzoo.authoring.check import FAIL, PASS, SKIP, check_plugin
@@ -268,7 +270,7 @@ BROKEN_PLUGINS = {
         def register_losses(register):
             register("bad-kl", TemperedKL, params=Params, description="x")
         """,
-        ["needs kdzoo plugin API 99.0, this kdzoo provides 1.1"],
+        [f"needs kdzoo plugin API 99.0, this kdzoo provides {'.'.join(map(str, PLUGIN_API_VERSION))}"],
     ),
     "no_hooks": (
         """

@@ -22,6 +22,10 @@ class ModelOutputs:
     logits: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
 
+    def detached(self) -> ModelOutputs:
+        """The same outputs cut from the autograd graph (what a peer student sees)."""
+        return ModelOutputs(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+
 
 @dataclass
 class DistillBatch:
@@ -38,6 +42,9 @@ class DistillBatch:
     - ``epochs``: the number of epochs of the run.
     - ``step``: the global step, 0-based.
     - ``steps``: the total number of steps of the run (schedules over training).
+    - ``peers``: arm name -> the outputs of the *other* students trained in the same
+      fused pass on this batch, detached (online methods such as deep mutual
+      learning). Filled only for a loss with ``uses_peers``; empty otherwise.
     """
 
     student: ModelOutputs
@@ -49,6 +56,7 @@ class DistillBatch:
     epochs: int = 1
     step: int = 0
     steps: int = 1
+    peers: dict[str, ModelOutputs] = field(default_factory=dict)
 
 
 #: Tap path -> the shape of its output on the sample batch (batch dimension included).
@@ -104,10 +112,16 @@ class Loss(nn.Module):
       factory received; ``self.params``).
     - ``uses_teachers``: ``False`` for losses that only use the labels (CE): ``pair``
       is then called once with ``teacher=None``, and the loss also runs in train runs.
+    - ``uses_peers``: ``True`` for online methods that learn from the other students of
+      a fused pass (``batch.peers``). Every student of the pass then runs its forward
+      before any loss is computed (memory: all the students' activations at once); such
+      a loss needs a grid whose arms train in one pass, in one process.
     """
 
     #: False for losses that only use the labels (CE); such a loss runs without teachers.
     uses_teachers: ClassVar[bool] = True
+    #: True for losses that read the other students of a fused pass (``batch.peers``).
+    uses_peers: ClassVar[bool] = False
 
     def __init__(self, params: Any = None):
         super().__init__()

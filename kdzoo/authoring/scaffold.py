@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from kdzoo import PLUGIN_API_VERSION, __version__
+from kdzoo import __version__
 from kdzoo.errors import KdzooError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*([-_][A-Za-z0-9]+)*$")
 PREFIX = "kdzoo-"
+
+# The plugin API the generated package needs: the newest thing its template uses is
+# Params (1.1). A plugin declares the lowest version it needs, not the newest there is.
+TEMPLATE_API = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ def create_plugin(name: str, root: Path | None = None, from_file: Path | None = 
         "Loss": f"{names.class_prefix}Loss",
         "Params": f"{names.class_prefix}Params",
         "kdzoo_version": ".".join(__version__.split(".")[:2]),
-        "api": repr(tuple(PLUGIN_API_VERSION)),
+        "api": repr(TEMPLATE_API),
     }
     files = {
         "pyproject.toml": PYPROJECT,

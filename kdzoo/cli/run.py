@@ -46,6 +46,8 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run from its last complete epoch.")
 @click.option("--arms", "arm_patterns", metavar="GLOB[,GLOB]", help="Grids: run only the arms whose names match (e.g. to split a grid across processes).")
 @click.option("--force", is_flag=True, help="Resume a run whose spec changed since it started; rerun grid arms that finished with another spec.")
+@click.option("--fuse", type=click.Choice(["on", "off"]), default=None,
+              help="Grids: arms that share data, teachers and schedule length train in one pass (on, the default), or one by one (off).")
 @plugins_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @launch_options
@@ -53,7 +55,7 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
               help="Train on N processes of this machine (DDP, started with torchrun's launcher; several machines: torchrun -m kdzoo run).")
 @record_errors
 def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...], resume_dir: Path | None,
-        arm_patterns: str | None, force: bool, plugins_dirs: tuple[Path, ...], quiet: bool, launch) -> None:
+        arm_patterns: str | None, force: bool, fuse: str | None, plugins_dirs: tuple[Path, ...], quiet: bool, launch) -> None:
     """Train or distil as SPEC says, then print the results table."""
     from kdzoo.run import runner
     from kdzoo.run.tables import grid_table, run_table
@@ -61,6 +63,8 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     progress = True if quiet else None  # tqdm: None = only on a TTY
     started = time.perf_counter()
     if resume_dir is not None:
+        if fuse is not None:
+            raise KdzooError("--fuse: --resume RUN_DIR continues one run; a grid resumes by running its spec again")
         if spec_path is not None or overrides:
             raise KdzooError("--resume takes its spec from the run directory: give no SPEC and no --set")
         launch.require_grid("--resume RUN_DIR")
@@ -73,11 +77,15 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     host, data, runs = _load(spec_path, overrides, plugins_dirs)
     if data.get("matrix") is None:
         launch.require_grid(str(spec_path))
+        if fuse is not None:
+            raise KdzooError(f"--fuse: {spec_path} has no matrix, so there are no arms to fuse")
+    if fuse is not None and launch.launcher != "inline":
+        raise KdzooError(f"--fuse: --launcher {launch.launcher} runs each arm in a job of its own, never fused; drop --fuse")
     plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
     if plan.grid:
         click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
         if launch.launcher == "inline":
-            results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force)
+            results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force, fuse=fuse != "off")
         else:  # the same arms, specs and skip rules, each run in a process (or SLURM task) of its own
             from kdzoo.run.launchers.grid import launch_grid
 

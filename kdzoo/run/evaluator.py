@@ -46,14 +46,16 @@ def as_figure(value: Any) -> Any:
 class Evaluator:
     """Runs every role over a split and feeds the metrics (streaming)."""
 
-    def __init__(self, runtime: Runtime, networks: dict[str, Network], channels_last: dict[str, bool], teachers: tuple[str, ...], student: str):
+    def __init__(self, runtime: Runtime, networks: dict[str, Network], channels_last: dict[str, bool], teachers: tuple[str, ...], student: str,
+                 frozen_logits: dict[tuple[str, str], list[Tensor]] | None = None):
         self.runtime = runtime
         self.networks = networks
         self.channels_last = channels_last
         self.teachers = teachers
         self.student = student
-        # (split, teacher) -> logits of this rank's batches, in order: teachers never change
-        self._frozen_logits: dict[tuple[str, str], list[Tensor]] = {}
+        # (split, teacher) -> logits of this rank's batches, in order: teachers never change.
+        # Arms of a fused pass that evaluate the same images share one (see kdzoo.run.trainer).
+        self._frozen_logits = {} if frozen_logits is None else frozen_logits
 
     def run(self, split: str, images: Tensor, labels: Tensor, masks: Tensor | None, metrics: list[tuple[Component, Metric]], augmentation=None, aug_seed: int = 0, epoch: int | None = None) -> dict[str, Any]:
         taps: dict[str, list[str]] = {}

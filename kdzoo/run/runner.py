@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,22 +46,74 @@ def stored_spec(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass
+class Member:
+    """One run of a pass: its name (an arm's), spec and directory, and whether it resumes there."""
+
+    name: str
+    spec: AnySpec
+    run_dir: Path
+    resume: bool = False
+
+
+OnFailure = Callable[[str, TrainingError], None]
+
+
 def run_single(spec: AnySpec, host: PluginHost, run_dir: Path, resume: bool = False, log: Log = print,
                progress: bool | None = None, force: bool = False) -> dict[str, Any]:
     """Train or distil one run in ``run_dir`` (its inline teachers first) and return its summary."""
-    from kdzoo.run.teachers import prepare_teachers
-    from kdzoo.run.trainer import Trainer
+    member = Member(run_dir.name, spec, run_dir, resume)
+    outcome = run_together([member], host, log, progress, force)[member.name]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
-    # The spec goes first: a run stopped while its teachers train can be resumed by its directory.
-    if not (resume and rundir.has_state(run_dir)):
-        write_spec(run_dir, spec)
-    with running_marker(run_dir):  # what `kdzoo status` reads as "running"
-        train_teacher = teacher_trainer(host, log, progress)
-        teachers = prepare_teachers(spec, host, train_teacher, log) if isinstance(spec, DistillSpec) else []
-        trainer = Trainer(spec, host, run_dir, teachers, log=log)
-        summary = trainer.fit(resume=resume, progress_disabled=progress, force=force)
-        write_spec(run_dir, spec)  # unchanged unless --force resumed under a changed spec
-    return summary
+
+def run_together(members: list[Member], host: PluginHost, log: Log, progress: bool | None, force: bool = False,
+                 on_failure: OnFailure | None = None) -> dict[str, dict[str, Any] | TrainingError]:
+    """Train ``members`` (one run, or arms that fuse) in one pass, their shared inline teachers
+    first: name -> summary, or the error that stopped it. Without ``on_failure`` an arm's
+    failure before training is raised; with it, it is reported and the others go on."""
+    from kdzoo.run.arm import Arm
+    from kdzoo.run.teachers import prepare_teachers
+    from kdzoo.run.trainer import TrainingPass, pass_inputs
+
+    outcomes: dict[str, dict[str, Any] | TrainingError] = {}
+
+    def failed(names: list[str], exc: TrainingError) -> None:
+        if on_failure is None or (distributed.active() and not getattr(exc, "all_ranks", False)):
+            raise exc
+        for name in names:
+            outcomes[name] = exc
+            on_failure(name, exc)
+
+    first = members[0].spec
+    with ExitStack() as markers:
+        for member in members:
+            # The spec goes first: a run stopped while its teachers train can be resumed by its directory.
+            if not (member.resume and rundir.has_state(member.run_dir)):
+                write_spec(member.run_dir, member.spec)
+            markers.enter_context(running_marker(member.run_dir))  # what `kdzoo status` reads as "running"
+        try:
+            teachers = prepare_teachers(first, host, teacher_trainer(host, log, progress), log) if isinstance(first, DistillSpec) else []
+            inputs = pass_inputs(first, host, teachers)
+        except TrainingError as exc:
+            failed([m.name for m in members], exc)
+            return outcomes
+        arms = []
+        for member in members:
+            try:
+                arms.append(Arm(member.spec, host, member.run_dir, inputs, log=log, name=member.name))
+            except TrainingError as exc:
+                failed([member.name], exc)
+        if arms:
+            training = TrainingPass(inputs, arms, log=log)
+            resume = {m.name: m.resume for m in members}
+            outcomes.update(training.fit(resume, progress, force, on_failure=lambda arm, exc: on_failure and on_failure(arm.name, exc)))
+        for member in members:
+            if not isinstance(outcomes.get(member.name), Exception):
+                write_spec(member.run_dir, member.spec)  # unchanged unless --force resumed under a changed spec
+    return outcomes
 
 
 def teacher_trainer(host: PluginHost, log: Log, progress: bool | None) -> Callable[[Any, Path], None]:
@@ -147,29 +200,43 @@ def record_grid(run_dir: Path, arms: list[tuple[str, AnySpec]]) -> None:
 
 
 def run_arms(arms: list[tuple[str, AnySpec]], host: PluginHost, run_dir: Path, log: Log, progress: bool | None,
-             force: bool = False) -> list[tuple[str, dict[str, Any]]]:
+             force: bool = False, fuse: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """Run a grid's arms (those that finished with this spec are skipped): arms that share
+    their data, teachers and schedule length train fused, in one pass (unless ``fuse`` is
+    off). A failing arm is reported, and the grid goes on. Summaries in grid order."""
+    from kdzoo.run.fusion import fusion_groups
+
     check_all_finished(arms, run_dir, force)
     record_grid(run_dir, arms)
-    results = []
-    for i, (arm_name, spec) in enumerate(arms, 1):
+    position = {name: i for i, (name, _) in enumerate(arms, 1)}
+    specs = dict(arms)
+    total = len(arms)
+    results: dict[str, dict[str, Any]] = {}
+    pending = []
+    for arm_name, spec in arms:
         arm_dir = rundir.arm_dir(run_dir, arm_name)
         if distributed.on_main(check_finished_matches, arm_dir, spec, force):  # rank 0 decides (and unlinks)
-            log(f"[{i}/{len(arms)}] {arm_name}: already finished, skipped")
-            summary = json.loads((arm_dir / rundir.SUMMARY_FILE).read_text())
+            log(f"[{position[arm_name]}/{total}] {arm_name}: already finished, skipped")
+            results[arm_name] = json.loads((arm_dir / rundir.SUMMARY_FILE).read_text())
         else:
-            log(f"[{i}/{len(arms)}] {arm_name}")
             (arm_dir / rundir.FAILED_FILE).unlink(missing_ok=True)
-            try:
-                summary = run_single(spec, host, arm_dir, resume=rundir.has_state(arm_dir), log=log, progress=progress, force=force)
-            except TrainingError as exc:  # a diverging or failing arm must not end a grid
-                if distributed.active() and not getattr(exc, "all_ranks", False):
-                    raise  # one rank failed alone: the others wait in the arm's collectives
-                log(f"[{i}/{len(arms)}] {arm_name}: failed: {exc}")
-                if distributed.is_main():
-                    write_json(arm_dir / rundir.FAILED_FILE, {"error": str(exc)})
-                summary = failed_summary(spec, str(exc))
-        results.append((arm_name, summary))
-    return results
+            pending.append(Member(arm_name, spec, arm_dir, resume=rundir.has_state(arm_dir)))
+
+    def arm_failed(name: str, exc: TrainingError) -> None:  # a diverging or failing arm must not end a grid
+        log(f"[{position[name]}/{total}] {name}: failed: {exc}")
+        if distributed.is_main():
+            write_json(rundir.arm_dir(run_dir, name) / rundir.FAILED_FILE, {"error": str(exc)})
+        results[name] = failed_summary(specs[name], str(exc))
+
+    for group in fusion_groups(pending, fuse):
+        if len(group) == 1:
+            log(f"[{position[group[0].name]}/{total}] {group[0].name}")
+        else:
+            log(f"[{len(group)} of {total} arms, fused in one pass] {', '.join(m.name for m in group)}")
+        for name, outcome in run_together(group, host, log, progress, force, on_failure=arm_failed).items():
+            if not isinstance(outcome, Exception):
+                results[name] = outcome
+    return [(name, results[name]) for name, _ in arms]
 
 
 def resume_host_and_spec(run_dir: Path, plugins_dirs, load_host: Callable[[list[Path]], PluginHost]) -> tuple[PluginHost, AnySpec]:

@@ -111,9 +111,13 @@ def divergence_error(terms_spec, state_path, epoch: int, bad: tuple[int, list[fl
     return error
 
 
-def teacher_outputs(teachers, taps: list[list[str]], images: Tensor, batch_uint8: Tensor, generator: torch.Generator,
-                    device: torch.device, channels_last: dict[str, bool]) -> list[ModelOutputs]:
-    """Every teacher's outputs on the batch (its own augmented view with teacher_views: own)."""
+TeacherForward = list[tuple[Tensor, dict[str, Tensor]]]  # per teacher: logits and tapped features, inference tensors
+
+
+def teacher_forward(teachers, taps: list[list[str]], images: Tensor, batch_uint8: Tensor, generator: torch.Generator,
+                    device: torch.device, channels_last: dict[str, bool]) -> TeacherForward:
+    """Every teacher's forward on the batch, once for every arm of a pass (its own augmented
+    view with teacher_views: own), with the taps any arm asked for."""
     outputs = []
     for teacher, paths in zip(teachers, taps):
         if teacher.augmentation is not None:  # teacher_views: own
@@ -121,10 +125,14 @@ def teacher_outputs(teachers, taps: list[list[str]], images: Tensor, batch_uint8
         else:
             x = in_layout(images, channels_last[teacher.role])
         with torch.inference_mode():
-            logits, feats = forward_with_taps(teacher.network, x, paths)
-        # Inference tensors cannot be saved for backward: clone them out of inference mode.
-        outputs.append(ModelOutputs(logits.clone(), {k: v.clone() for k, v in feats.items()}))
+            outputs.append(forward_with_taps(teacher.network, x, paths))
     return outputs
+
+
+def teacher_view(forward: TeacherForward, taps: list[list[str]]) -> list[ModelOutputs]:
+    """One arm's teacher outputs: its own taps, cloned out of inference mode (inference
+    tensors cannot be saved for backward), so no arm's loss can change another's inputs."""
+    return [ModelOutputs(logits.clone(), {k: feats[k].clone() for k in paths}) for (logits, feats), paths in zip(forward, taps)]
 
 
 class StepModule(nn.Module):
@@ -137,12 +145,16 @@ class StepModule(nn.Module):
         self.components = components
         self.student_taps = student_taps
 
+    def student_outputs(self, images: Tensor) -> ModelOutputs:
+        return ModelOutputs(*forward_with_taps(self.network, images, self.student_taps))
+
     def forward(self, images: Tensor, teachers: list[ModelOutputs], targets: Tensor, indices: Tensor,
-                epoch: int, epochs: int, step: int, steps: int) -> list[Tensor]:
-        logits, feats = forward_with_taps(self.network, images, self.student_taps)
+                epoch: int, epochs: int, step: int, steps: int, student: ModelOutputs | None = None,
+                peers: dict[str, ModelOutputs] | None = None) -> list[Tensor]:
+        """The loss terms; ``student``: outputs already computed (a pass with peers)."""
         batch = DistillBatch(
-            student=ModelOutputs(logits, feats), teachers=teachers, targets=targets, images=images,
-            indices=indices, epoch=epoch, epochs=epochs, step=step, steps=steps,
+            student=student or self.student_outputs(images), teachers=teachers, targets=targets, images=images,
+            indices=indices, epoch=epoch, epochs=epochs, step=step, steps=steps, peers=peers or {},
         )
         return [loss_term(component, loss, batch) for component, loss in zip(self.components, self.losses)]
 

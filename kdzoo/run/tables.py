@@ -46,5 +46,7 @@ def grid_table(results: list[tuple[str, dict[str, Any]]]) -> str:
             summary.get("gap_at_best"),
             summary.get("train_time_s", 0) / max(1, summary.get("epochs", 1)) if "failed" not in summary else None,
             summary.get("connector_parameters"),
+            f"{len(summary['fused_with']) + 1} arms" if summary.get("fused_with") else "",
         ])
-    return markdown_table(["arm", "test top-1", "fidelity to ensemble", "gap at best", "s / epoch", "connector params"], rows)
+    headers = ["arm", "test top-1", "fidelity to ensemble", "gap at best", "s / epoch", "connector params", "fused (pass of)"]
+    return markdown_table(headers, rows)
