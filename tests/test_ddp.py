@@ -267,3 +267,27 @@ def test_the_default_reduce_sums_state_delegates_accumulators_and_refuses_lists(
     listed.reset()
     with pytest.raises(TypeError, match=r"Listed.per_batch \(list\) is not a sum.*override Metric.reduce"):
         listed.reduce(Reducer())
+
+
+# ----------------------------------------------------------------------------- fused arms under DDP
+def test_fused_arms_under_ddp_equal_the_arms_one_by_one(tmp_path):
+    from kdzoo.run.checkpoint import load_tensors
+
+    arms = [[{"name": "ce"}, {"name": "kd"}], [{"name": "ce"}, {"name": "fitnet", "weight": 1.0}],
+            [{"name": "ce"}, {"name": "crd", "weight": 0.5, "params": {"embed_dim": 16, "nce_k": 32}}]]
+    spec = _spec(tmp_path, kind="distill", name="ddp-fused", epochs=1, student={"model": TINY_MODEL},
+                 teachers=[{"name": "t1", "train": {"model": TINY_MODEL, "epochs": 1}}], losses=[{"name": "ce"}],
+                 matrix={"losses": arms})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    outputs = {}
+    for fuse in ("on", "off"):
+        result = _run(["-m", "kdzoo", "run", "spec.yaml", "--out", str(tmp_path / fuse), "--quiet", "--nproc", "2", "--fuse", fuse],
+                      _env(), tmp_path)
+        assert result.returncode == 0, result.stderr[-4000:]
+        outputs[fuse] = result.stdout
+    assert "[3 of 3 arms, fused in one pass]" in outputs["on"] and "fused in one pass" not in outputs["off"]
+    for arm in sorted(p.name for p in (tmp_path / "on" / "arms").iterdir()):
+        fused, alone = (tmp_path / d / "arms" / arm for d in ("on", "off"))
+        assert json.loads((fused / "summary.json").read_text())["final"] == json.loads((alone / "summary.json").read_text())["final"]
+        a, b = load_tensors(fused / "model.safetensors"), load_tensors(alone / "model.safetensors")
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), arm

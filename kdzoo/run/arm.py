@@ -220,12 +220,10 @@ class Arm:
         self.tally = LossTally(["loss", *(f"loss/{t.name}" for t in self.spec.losses)], self.inputs.runtime.device)
         self.rng = RngStream(self.inputs.runtime.device) if fused else None  # the epoch's seed, just set
 
-    def images_for(self, images: dict[bool, Tensor]) -> Tensor:
-        """The batch in this arm's layout, from ``{channels_last: batch}`` (converted once per layout)."""
-        layout = self.channels_last[self.role]
-        if layout not in images:
-            images[layout] = in_layout(images[not layout], layout)
-        return images[layout]
+    @property
+    def layout(self) -> bool:
+        """Whether this arm's student runs channels_last."""
+        return self.channels_last[self.role]
 
     def student_outputs(self, images: Tensor) -> ModelOutputs:
         """The student's forward alone (a pass whose losses read peers: all students first)."""

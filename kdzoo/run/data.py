@@ -96,6 +96,19 @@ def in_layout(images: Tensor, channels_last: bool) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+class Layouts:
+    """One float batch in each memory layout asked for, each converted once (the arms and
+    teachers of a pass share it)."""
+
+    def __init__(self, images: Tensor, channels_last: bool):
+        self._by_layout = {channels_last: images}
+
+    def __call__(self, channels_last: bool) -> Tensor:
+        if channels_last not in self._by_layout:
+            self._by_layout[channels_last] = in_layout(self._by_layout[not channels_last], channels_last)
+        return self._by_layout[channels_last]
+
+
 def to_float(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     """uint8 (B,3,H,W) -> float in [0, 1] on the device (converted after the copy: 4x less traffic)."""
     return in_layout(images.to(device, non_blocking=True).float().div_(255), channels_last)

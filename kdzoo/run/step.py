@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kdzoo.api import DistillBatch, Loss, ModelOutputs
 from kdzoo.errors import ComponentError, TrainingError
 from kdzoo.host.build import plugin_code
-from kdzoo.run.data import in_layout, to_float
+from kdzoo.run.data import Layouts, to_float
 from kdzoo.run.evaluator import forward_with_taps
 
 
@@ -114,7 +114,7 @@ def divergence_error(terms_spec, state_path, epoch: int, bad: tuple[int, list[fl
 TeacherForward = list[tuple[Tensor, dict[str, Tensor]]]  # per teacher: logits and tapped features, inference tensors
 
 
-def teacher_forward(teachers, taps: list[list[str]], images: Tensor, batch_uint8: Tensor, generator: torch.Generator,
+def teacher_forward(teachers, taps: list[list[str]], images: Layouts, batch_uint8: Tensor, generator: torch.Generator,
                     device: torch.device, channels_last: dict[str, bool]) -> TeacherForward:
     """Every teacher's forward on the batch, once for every arm of a pass (its own augmented
     view with teacher_views: own), with the taps any arm asked for."""
@@ -123,7 +123,7 @@ def teacher_forward(teachers, taps: list[list[str]], images: Tensor, batch_uint8
         if teacher.augmentation is not None:  # teacher_views: own
             x = to_float(teacher.augmentation(batch_uint8, generator), device, channels_last[teacher.role])
         else:
-            x = in_layout(images, channels_last[teacher.role])
+            x = images(channels_last[teacher.role])
         with torch.inference_mode():
             outputs.append(forward_with_taps(teacher.network, x, paths))
     return outputs

@@ -45,7 +45,7 @@ from kdzoo.host import PluginHost
 from kdzoo.host.build import plugin_code
 from kdzoo.run import distributed
 from kdzoo.run.arm import Arm, PassInputs
-from kdzoo.run.data import TrainBatches, in_layout, load_data
+from kdzoo.run.data import Layouts, TrainBatches, load_data, to_float
 from kdzoo.run.runtime import compile_forward, select_runtime, wants_channels_last
 from kdzoo.run.schedule import epoch_seed
 from kdzoo.run.step import CHECK_EVERY, teacher_forward, teacher_view
@@ -154,9 +154,9 @@ class TrainingPass:
             try:  # what the arms share: one augmentation and one teacher forward per batch
                 with plugin_code(self.augmentation_component, "augmentation", epoch=epoch, step=live[0].step):
                     augmented = self.augmentation(batch_uint8, generator)
-                images = {False: in_layout(augmented.to(device, non_blocking=True).float().div_(255), False)}  # layout -> batch
+                images = Layouts(to_float(augmented, device, live[0].layout), live[0].layout)
                 with self.inputs.runtime.autocast():
-                    forward = teacher_forward(self.inputs.teachers, self.teacher_taps, images[False], batch_uint8, generator,
+                    forward = teacher_forward(self.inputs.teachers, self.teacher_taps, images, batch_uint8, generator,
                                               device, self.inputs.teacher_layouts)
             except Exception as exc:
                 for arm in live:
@@ -168,7 +168,7 @@ class TrainingPass:
                 for arm in live:
                     with arm.rng_scope():
                         try:
-                            arm.train_step(arm.images_for(images), teacher_view(forward, arm.teacher_taps), targets, index, epoch)
+                            arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch)
                         except Exception as exc:
                             self._step_failed(arm, exc, epoch)
             bar.update(1)
@@ -190,7 +190,7 @@ class TrainingPass:
         for arm in live:
             with arm.rng_scope():
                 try:
-                    outputs[arm.name] = arm.student_outputs(arm.images_for(images))
+                    outputs[arm.name] = arm.student_outputs(images(arm.layout))
                 except Exception as exc:
                     self._step_failed(arm, exc, epoch)
         seen = {name: out.detached() for name, out in outputs.items()}
@@ -198,7 +198,7 @@ class TrainingPass:
             if arm.failure is None:
                 with arm.rng_scope():
                     try:
-                        arm.train_step(arm.images_for(images), teacher_view(forward, arm.teacher_taps), targets, index, epoch,
+                        arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch,
                                        student=outputs[arm.name], peers={n: o for n, o in seen.items() if n != arm.name})
                     except Exception as exc:
                         self._step_failed(arm, exc, epoch)
