@@ -2,8 +2,8 @@
 # The GPU data path's check, for a machine with a GPU (a few minutes; stops at the first failure):
 #   1. torch sees CUDA;
 #   2. the quickstart runs on CUDA (teachers, then the student; the data on the GPU);
-#   3. benchmarks/kd_epoch.py --device cuda: images per second of kdzoo and of a plain
-#      PyTorch loop, and the ratio;
+#   3. benchmarks/kd_epoch.py --device cuda: images per second of kdzoo, a plain
+#      PyTorch loop and the authors' style, and of a fused 8-arm sweep against --fuse off;
 #   4. with 2+ GPUs, a --nproc 2 smoke run (one epoch, the teachers from step 2's cache);
 #   5. with COMPILE=1, step 3 again with --compile (a few more minutes: compilation).
 #
@@ -42,8 +42,8 @@ print(f"student: device {summary['device']}, precision {summary['precision']}, t
       f"train images/s per epoch: {', '.join(str(r['images_per_s']) for r in records)}")
 EOF
 
-echo "== 3. KD epoch, kdzoo vs a plain loop"
-"$PYTHON" benchmarks/kd_epoch.py --device cuda --images 20000 --repeats 3
+echo "== 3. KD epoch (kdzoo, plain loop, authors' style) and a fused sweep"
+"$PYTHON" benchmarks/kd_epoch.py --device cuda --images 20000 --rounds 3
 
 if [ "$GPUS" -ge 2 ]; then
   echo "== 4. --nproc 2 smoke run"
@@ -55,6 +55,6 @@ else
 fi
 if [ "${COMPILE:-0}" = 1 ]; then
   echo "== 5. KD epoch with torch.compile"
-  "$PYTHON" benchmarks/kd_epoch.py --device cuda --images 20000 --repeats 3 --compile
+  "$PYTHON" benchmarks/kd_epoch.py --device cuda --images 20000 --rounds 3 --compile
 fi
 echo "== GPU check passed"

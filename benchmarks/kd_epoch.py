@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--images", type=int, default=5000, help="training images per epoch")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["epoch", "sweep"], help="one part only (default: both)")
+    parser.add_argument("--only", choices=["epoch", "plain", "sweep"],
+                        help="one part only (default: epoch and sweep); plain: kdzoo against the plain loop alone")
     parser.add_argument("--sweep", type=int, default=8, help="arms in the sweep (at most 8)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the authors' loop")
     parser.add_argument("--archive", type=Path, default=ARCHIVE, help="cifar10-jpg.tar.gz (else synthetic shapes)")
@@ -157,6 +158,10 @@ def main() -> None:
         if args.profile:
             profile_step(kdzoo.passes[0], steps=8)
             return
+        if args.only == "plain":
+            plain = PlainLoop(build, device, kdzoo.data, host.registry.build("augmentation", "weak"), args.compile)
+            seconds = measure({"kdzoo": kdzoo, "plain": plain}, args.rounds)
+            report("one KD epoch (0.6 CE + 0.4 KD, T=3)", {"kdzoo": kdzoo.images, "plain": plain.images}, seconds, [("kdzoo", "plain")])
         if args.only in (None, "epoch"):
             plain = PlainLoop(build, device, kdzoo.data, host.registry.build("augmentation", "weak"), args.compile)
             strong = KdzooEpochs(host, [spec(SWEEP_LOSSES[0], "paper-strong")], teachers, out / "strong", fused=False)
