@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from kdzoo.api import DistillBatch, Loss, ModelOutputs, Network, SetupContext
 from kdzoo.api.connectors import as_embedding, as_feature_map, embedding_shape, feature_map_shape
 
-DefaultTaps = Literal["last_stage", "all_stages", "embedding"]
+#: "second_stage": the second declared stage (the last when only one is declared), where
+#: RepDistiller / mdistiller place FitNets' hint (their ``hint_layer = 2``, counting the stem)
+DefaultTaps = Literal["second_stage", "last_stage", "all_stages", "embedding"]
 FeatureKind = Literal["map", "embedding", "any"]
 
 
@@ -62,7 +64,11 @@ class TappedLoss(Loss):
             return [net.embedding]
         if not net.stages:
             raise ValueError(f"{self.loss_name}: the {role} network declares no stages; set {role}_layers")
-        return list(net.stages) if self.default_taps == "all_stages" else [net.stages[-1]]
+        if self.default_taps == "all_stages":
+            return list(net.stages)
+        if self.default_taps == "second_stage":
+            return [net.stages[min(1, len(net.stages) - 1)]]
+        return [net.stages[-1]]
 
     def _check_paths(self, net: Network, paths: list[str], role: str) -> None:
         for path in paths:
@@ -164,7 +170,9 @@ class TappedLoss(Loss):
 
 
 class LayerwiseLoss(TappedLoss):
-    """A loss whose layer pairs are compared independently and averaged (equal layer weights)."""
+    """A loss whose layer pairs are compared independently, then combined with ``layer_weights``
+    (default: equal weights averaging the layers; losses whose reference code sums layers, or
+    weights them, override it)."""
 
     def build(self, pairs: list[LayerPair], context: SetupContext, teacher_index: int) -> nn.Module:
         return nn.ModuleList([self.build_layer(pair, context, teacher_index) for pair in pairs])
@@ -173,9 +181,14 @@ class LayerwiseLoss(TappedLoss):
         """The trainable module of one layer pair (``nn.Identity`` when the method has none)."""
         return nn.Identity()
 
+    def layer_weights(self, count: int) -> list[float]:
+        """Weights of the ``count`` layer losses, shallow to deep, in the order of ``layer_pairs``."""
+        return [1.0 / count] * count
+
     def compare(self, student: list[Tensor], teacher: list[Tensor], modules: nn.Module, batch: DistillBatch) -> Tensor:
         losses = [self.layer_loss(s, t, module) for s, t, module in zip(student, teacher, modules)]
-        return torch.stack(losses).mean()
+        # Python floats times tensors: no host-to-device copy of the weights each step.
+        return torch.stack([weight * loss for weight, loss in zip(self.layer_weights(len(losses)), losses)]).sum()
 
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
         raise NotImplementedError

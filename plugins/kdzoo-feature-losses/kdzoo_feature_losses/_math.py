@@ -101,12 +101,17 @@ def taylor_rbf_kernel(embedding: Tensor, gamma: float, order: int) -> Tensor:
     return kernel
 
 
-def cosine_conditional_probabilities(embedding: Tensor) -> Tensor:
-    """PKT's ``(B, B)`` conditional probabilities ``p_{j|i} = K(i, j) / sum_{k != i} K(i, k)``
-    with the cosine kernel ``K = (cos + 1) / 2`` and the diagonal (``j = i``) excluded."""
+def cosine_conditional_probabilities(embedding: Tensor, exclude_self: bool = True) -> Tensor:
+    """PKT's ``(B, B)`` conditional probabilities ``p_{j|i} = K(i, j) / sum_k K(i, k)`` with the
+    cosine kernel ``K = (cos + 1) / 2``.
+
+    ``exclude_self``: drop the diagonal (``j = i`` and ``k = i``), as the paper defines them;
+    otherwise keep the whole matrix, as the authors' and RepDistiller's code do.
+    """
     unit = F.normalize(embedding, p=2, dim=1)
     kernel = (unit @ unit.t() + 1.0) / 2.0
-    kernel = kernel * (1.0 - torch.eye(len(embedding), device=embedding.device, dtype=embedding.dtype))
+    if exclude_self:
+        kernel = kernel * (1.0 - torch.eye(len(embedding), device=embedding.device, dtype=embedding.dtype))
     return kernel / kernel.sum(dim=1, keepdim=True).clamp(min=1e-12)  # a batch of one has no neighbours
 
 

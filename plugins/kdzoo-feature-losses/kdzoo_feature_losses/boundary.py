@@ -20,21 +20,34 @@ class ActivationBoundaryLoss(LayerwiseLoss):
     Heo, Lee, Yun & Choi (2019), "Knowledge Transfer via Distillation of Activation
     Boundaries Formed by Hidden Neurons", AAAI 2019, arXiv:1811.03233.
 
-    ``|| rho(T) * relu(mu - r(S))  +  (1 - rho(T)) * relu(mu + r(S)) ||_2^2`` with
+    Per layer ``|| rho(T) * relu(mu - r(S))  +  (1 - rho(T)) * relu(mu + r(S)) ||_2^2`` with
     ``rho(T) = 1[T > 0]``, margin ``mu = 1``, ``r`` a 1x1 conv + BN connector (resized
-    to the teacher's spatial size). Squared hinge summed over neurons, averaged over the
-    batch and (equally) over layer pairs.
+    to the teacher's spatial size): the squared hinge summed over neurons, averaged over
+    the batch.
 
-    Taps should be *pre-activation* outputs (e.g. a stage's last BatchNorm). With
-    post-ReLU taps the teacher's sign degenerates to "positive vs. zero". The paper uses
-    this loss to initialise the student before KD training; kdzoo adds it to the
-    objective (schedule the weight in the spec to reproduce the two phases).
+    ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/AB.py`` (from
+    the authors' code): layer ``i`` of ``n`` (shallow to deep) weighted ``2^(i - n + 1)``
+    (the deepest 1, halving towards the input), summed, times **3/1000**. Published
+    weight: 1 (RepDistiller uses it only to initialise the student, ``helper/pretrain.py``,
+    30 epochs; the main training then runs without it).
+    ``convention: paper``: the per-layer squared hinges summed with equal weights.
+
+    Taps should be *pre-activation* outputs (e.g. a stage's last BatchNorm; the
+    references tap the stages' pre-ReLU outputs). With post-ReLU taps the teacher's sign
+    degenerates to "positive vs. zero". kdzoo adds the loss to the objective (schedule
+    the weight in the spec to reproduce the initialisation phase). RepDistiller skips the
+    connector where shapes already match; here it is always there.
     """
 
     loss_name = "ab"
     params_model = ABParams
     default_taps = "all_stages"
     feature_kind = "map"
+
+    def layer_weights(self, count: int) -> list[float]:
+        if self.params.convention == "paper":
+            return [1.0] * count
+        return [2.0 ** (i - count + 1) * 3 / 1000 for i in range(count)]
 
     def build_layer(self, pair: LayerPair, context: SetupContext, teacher_index: int) -> nn.Module:
         return make_connector("conv1x1", pair.student_shape, pair.teacher_shape)
@@ -83,20 +96,34 @@ class OverhaulLoss(LayerwiseLoss):
     feature (``x ~ N(beta, gamma^2)``; ``-3 |gamma|`` when ``P(x < 0) <= 0.001``). The
     partial L2 ``sum_i (sigma_m(T)_i - r(S)_i)^2`` skips positions where
     ``r(S)_i <= sigma_m(T)_i <= 0``; ``r`` is a 1x1 conv + BN connector. Summed over
-    neurons, averaged over the batch and (equally) over layer pairs.
+    neurons, averaged over the batch.
+
+    Layers follow mdistiller ``mdistiller/distillers/OFD.py`` (the authors' code,
+    clovaai/overhaul-distillation, does the same): with ``layer_weights: halving``
+    (default) layer ``i`` of ``n`` is weighted ``1 / 2^(n - i - 1)`` (the deepest 1) and
+    the layers are summed; ``equal`` sums them unweighted (the paper states no layer
+    weights). Published weight: 0.001 (mdistiller ``OFD.LOSS.FEAT_WEIGHT``; the
+    authors' code divides by 1000). mdistiller pools the teacher map to the student's
+    size where this resizes the connector's output to the teacher's (the same when the
+    sizes match).
 
     Margin source: when the tapped teacher module is a BatchNorm2d (or an nn.Sequential
     ending in one), its affine weight and bias give the margin; otherwise (residual
     blocks, post-ReLU taps, token maps) the margin is **zero**, which makes the target
     the teacher feature itself and still skips "both non-positive, student below" positions.
-    Point ``teacher_layers`` at pre-ReLU BatchNorms for the paper's setting. The paper
-    also weights layers and divides by 1000 in code; use the spec weight instead.
+    Point ``teacher_layers`` at pre-ReLU BatchNorms for the paper's setting (the
+    references tap every stage's pre-ReLU output).
     """
 
     loss_name = "ofd"
     params_model = OFDParams
     default_taps = "all_stages"
     feature_kind = "map"
+
+    def layer_weights(self, count: int) -> list[float]:
+        if self.params.layer_weights == "equal":
+            return [1.0] * count
+        return [1.0 / 2 ** (count - i - 1) for i in range(count)]
 
     def build_layer(self, pair: LayerPair, context: SetupContext, teacher_index: int) -> nn.Module:
         channels = pair.teacher_shape[1]

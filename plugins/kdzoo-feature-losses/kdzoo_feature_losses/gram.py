@@ -31,14 +31,23 @@ class FSPLoss(TappedLoss):
     Network Minimization and Transfer Learning", CVPR 2017 (not on arXiv; CVF open access).
 
     ``G_ij(x) = sum_{h,w} F1_i(h, w) F2_j(h, w) / (h * w)`` for each consecutive pair of
-    tapped stages (the larger map average-pooled to the smaller size); loss: mean squared
-    difference of student and teacher matrices (the paper's squared Frobenius norm,
-    divided by the matrix size), with equal weights, averaged over pairs.
+    tapped stages (the larger map average-pooled to the smaller size).
+
+    ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/FSP.py``: per
+    pair the mean squared difference of the student and teacher matrices (over batch and
+    entries), the pairs **summed**. Published weight: 1, in an initialisation phase only
+    (RepDistiller ``helper/pretrain.py`` sums the pairs unweighted for 30 epochs; the
+    ``-b 50`` of its scripts is unused, as its main training adds no FSP term).
+    RepDistiller also pairs the stem with the first stage (``feat[:-1]``): add the stem
+    module to ``student_layers`` / ``teacher_layers`` for that; the default taps only the
+    declared stages.
+    ``convention: paper``: the paper's ``lambda_i ||G_T - G_S||_2^2`` (summed over the
+    entries), averaged over the batch, pairs summed with equal lambda = 1.
 
     The paper requires equal channel counts; for differing widths a 1x1 conv + BN
     connector per student stage (``connector='auto'``) maps it to the teacher's. The
-    paper's two-stage schedule (FSP pre-training, then the task) is replaced by adding
-    this term to the objective.
+    two-stage schedule (FSP initialisation, then the task) is replaced by adding this
+    term to the objective (schedule the weight in the spec for the original).
     """
 
     loss_name = "fsp"
@@ -52,11 +61,11 @@ class FSPLoss(TappedLoss):
 
     def compare(self, student: list[Tensor], teacher: list[Tensor], connectors: nn.Module, batch: DistillBatch) -> Tensor:
         student = [connector(s).float() for connector, s in zip(connectors, student)]
-        losses = [
-            F.mse_loss(fsp_matrix(student[i], student[i + 1]), fsp_matrix(teacher[i], teacher[i + 1]))
-            for i in range(len(student) - 1)
-        ]
-        return torch.stack(losses).mean()
+        losses = []
+        for i in range(len(student) - 1):
+            squared = (fsp_matrix(student[i], student[i + 1]) - fsp_matrix(teacher[i], teacher[i + 1])).pow(2)
+            losses.append(squared.flatten(1).sum(dim=1).mean() if self.params.convention == "paper" else squared.mean())
+        return torch.stack(losses).sum()
 
 
 class InterChannelCorrelationLoss(LayerwiseLoss):
@@ -66,10 +75,16 @@ class InterChannelCorrelationLoss(LayerwiseLoss):
     Correlation for Diversity-Preserved Knowledge Distillation", ICCV 2021,
     arXiv:2202.03680.
 
-    ``G = f f^T`` (``c x c``, ``f`` the ``(c, h*w)`` feature after the student connector,
-    a 1x1 conv + BN when widths differ), each row L2-normalised as in the authors' code;
-    loss ``||G_S - G_T||_F^2 / c^2`` (MSE), averaged over the batch and layer pairs.
-    Spatial sizes may differ (G does not depend on them).
+    ``G = f f^T`` (``c x c``, ``f`` the ``(c, h*w)`` feature after the student connector),
+    each row L2-normalised as in the authors' code. Spatial sizes may differ (G does not
+    depend on them). Defaults tap the last stage.
+
+    ``convention: reference`` (default) follows the authors' ICKD-C code
+    (ADLab-AutoDrive/ICKD ``Cifar100/distiller_zoo/ICKD.py``): ``sum ||G_S - G_T||^2 /
+    (b * c)``, and the student always goes through a 1x1 conv + BN embedding onto the
+    teacher's width (``connector: conv1x1``; their ``Embed``). Published weight: 2.5
+    (``Cifar100/train_student.sh``, ``-b 2.5``, resnet32x4 -> resnet8x4).
+    ``convention: paper``: divided by ``b * c^2``, i.e. the mean over matrix entries.
     """
 
     loss_name = "ickd"
@@ -83,7 +98,10 @@ class InterChannelCorrelationLoss(LayerwiseLoss):
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
         student_gram = F.normalize(channel_gram(module(student).float()), p=2, dim=2)
         teacher_gram = F.normalize(channel_gram(teacher), p=2, dim=2)
-        return F.mse_loss(student_gram, teacher_gram)
+        if self.params.convention == "paper":
+            return F.mse_loss(student_gram, teacher_gram)
+        batch, channels = teacher_gram.shape[:2]
+        return (student_gram - teacher_gram).pow(2).sum() / (batch * channels)
 
 
 class SVDLoss(TappedLoss):

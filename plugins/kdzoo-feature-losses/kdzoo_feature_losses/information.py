@@ -11,34 +11,33 @@ from torch import Tensor, nn
 from kdzoo.api import DistillBatch, SetupContext, all_gather_tensor
 from kdzoo_feature_losses import CRDParams, VIDParams
 from kdzoo_feature_losses._base import LayerPair, LayerwiseLoss, TappedLoss
-from kdzoo_feature_losses._math import resize_to
+from kdzoo_feature_losses._math import pool_to_common_size
 
 
 # --------------------------------------------------------------------------- VID
 class VIDRegressor(nn.Module):
-    """Gaussian ``q(t | s)``: mean from three 1x1 convs (ReLU between) resized to the teacher's
-    size, and a learnable per-channel variance ``softplus(alpha_c) + min_variance``."""
+    """Gaussian ``q(t | s)``: mean from three bias-free 1x1 convs (ReLU between), as the
+    references' regressor, and a learnable per-channel variance ``softplus(alpha_c) + min_variance``."""
 
-    def __init__(self, student_channels: int, teacher_channels: int, output_size: tuple[int, int], init_variance: float, min_variance: float):
+    def __init__(self, student_channels: int, teacher_channels: int, init_variance: float, min_variance: float):
         super().__init__()
         self.mean = nn.Sequential(
-            nn.Conv2d(student_channels, teacher_channels, 1),
+            nn.Conv2d(student_channels, teacher_channels, 1, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(teacher_channels, teacher_channels, 1),
+            nn.Conv2d(teacher_channels, teacher_channels, 1, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(teacher_channels, teacher_channels, 1),
+            nn.Conv2d(teacher_channels, teacher_channels, 1, bias=False),
         )
         # softplus(alpha) + min_variance == init_variance at the start (inverse softplus)
         start = max(init_variance - min_variance, 1e-6)
         self.alpha = nn.Parameter(torch.full((teacher_channels,), math.log(math.expm1(start))))
         self.min_variance = min_variance
-        self.output_size = output_size
 
     def variance(self) -> Tensor:
         return F.softplus(self.alpha) + self.min_variance
 
     def forward(self, student: Tensor) -> tuple[Tensor, Tensor]:
-        return resize_to(self.mean(student), self.output_size), self.variance().view(1, -1, 1, 1)
+        return self.mean(student), self.variance().view(1, -1, 1, 1)
 
 
 class VariationalInformationLoss(LayerwiseLoss):
@@ -49,29 +48,38 @@ class VariationalInformationLoss(LayerwiseLoss):
     Knowledge Transfer", CVPR 2019, arXiv:1904.05835.
 
     ``-log q(t | s) = sum_c sum_hw [ log sigma_c + (t_chw - mu_chw(s))^2 / (2 sigma_c^2) ]``
-    (+ const) with ``mu`` a regressor of 1x1 convs and ``sigma_c^2 = softplus(alpha_c) + eps``
-    learnable per channel (initial variance 5). Here averaged over elements (not summed)
-    and over layer pairs; the constant ``log(2 pi) / 2`` is dropped. ``mu`` is bilinearly
-    resized to the teacher's spatial size.
+    (+ const, dropped) with ``mu`` a regressor of three 1x1 convs and
+    ``sigma_c^2 = softplus(alpha_c) + eps`` learnable per channel (initial variance 5).
+    The larger of the two maps is average-pooled to the smaller spatial size first (the
+    student before the regressor).
+
+    ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/VID.py`` (and
+    mdistiller ``VID.py``): the NLL **averaged over elements** per layer, all stages
+    tapped, per-layer losses **summed**. Published weight: 1 (RepDistiller ``-b 1``,
+    mdistiller ``VID.LOSS.FEAT_WEIGHT``).
+
+    ``convention: paper``: the NLL summed over channels and positions (the paper's
+    ``-log q``), averaged over the batch, summed over layers.
     """
 
     loss_name = "vid"
     params_model = VIDParams
-    default_taps = "last_stage"
+    default_taps = "all_stages"
     feature_kind = "map"
 
+    def layer_weights(self, count: int) -> list[float]:
+        return [1.0] * count
+
     def build_layer(self, pair: LayerPair, context: SetupContext, teacher_index: int) -> nn.Module:
-        return VIDRegressor(
-            pair.student_shape[1],
-            pair.teacher_shape[1],
-            tuple(pair.teacher_shape[-2:]),
-            self.params.init_variance,
-            self.params.min_variance,
-        )
+        return VIDRegressor(pair.student_shape[1], pair.teacher_shape[1], self.params.init_variance, self.params.min_variance)
 
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
+        student, teacher = pool_to_common_size(student, teacher)
         mean, variance = module(student)
-        return (0.5 * (torch.log(variance) + (teacher - mean.float()).pow(2) / variance)).mean()
+        negative_log_likelihood = 0.5 * (torch.log(variance) + (teacher - mean.float()).pow(2) / variance)
+        if self.params.convention == "paper":
+            return negative_log_likelihood.flatten(1).sum(dim=1).mean()
+        return negative_log_likelihood.mean()
 
 
 # --------------------------------------------------------------------------- CRD
@@ -110,6 +118,11 @@ class ContrastiveRepresentationLoss(TappedLoss):
     batch; the loss is the sum of the student-anchor (teacher bank) and teacher-anchor
     (student bank) terms. After each training step, banks are updated with momentum 0.5
     and re-normalised. The heads are trained; the teacher features are not.
+
+    Follows RepDistiller ``crd/criterion.py`` + ``crd/memory.py`` (``nce_k`` 16384,
+    ``nce_t`` 0.07, ``nce_m`` 0.5, ``feat_dim`` 128 are its ``train_student.py``
+    defaults, and mdistiller's ``CRD.NCE``). Published weight: 0.8 (RepDistiller
+    ``-b 0.8``, mdistiller ``CRD.LOSS.FEAT_WEIGHT``).
 
     Only the CRD term is implemented; the paper adds CE and KD as separate losses.
     One memory bank pair per teacher: multi-teacher CRD is the mean over teachers.

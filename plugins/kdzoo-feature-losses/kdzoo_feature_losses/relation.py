@@ -49,10 +49,22 @@ class CorrelationCongruenceLoss(LayerwiseLoss):
 
     ``psi(F)_ij = k(F_i, F_j)``, the Gaussian RBF ``exp(-gamma ||F_i - F_j||^2)`` on
     L2-normalised embeddings, approximated by its order-P Taylor expansion
-    ``sum_p exp(-2 gamma) (2 gamma)^p / p! (F_i . F_j)^p`` (gamma = 0.4, P = 2); loss
-    ``||psi(F_T) - psi(F_S)||_2^2 / n^2``. The student embedding first goes through a
-    linear head onto the teacher's width (``embed``). The teacher's embedding is used as
-    is: a trainable teacher-side head could collapse both kernels to a constant.
+    ``sum_p exp(-2 gamma) (2 gamma)^p / p! (F_i . F_j)^p`` (gamma = 0.4, P = 2). The
+    student embedding first goes through a linear head onto the teacher's width
+    (``embed``). The teacher's embedding is used as is: a trainable teacher-side head
+    could collapse both kernels to a constant.
+
+    ``convention: reference`` (default) follows torchdistill
+    ``torchdistill/losses/mid_level.py:CCKDLoss`` (``single.py`` in older releases;
+    gaussian kernel, ``reduction: batchmean``): the **unsquared** Frobenius distance ``||psi(F_T) - psi(F_S)||_F / n^2``.
+    torchdistill's published weight is 0.003 (ImageNet, ``configs/sample/ilsvrc2012/cckd``),
+    with linear heads on both networks and the kernel applied to unnormalised head
+    outputs, so the weight does not carry over exactly. The CIFAR-100 "CC" rows of the
+    CRD / RepDistiller tables (weight 0.02) come from a different loss
+    (RepDistiller ``distiller_zoo/CC.py``), not this one.
+
+    ``convention: paper``: the paper's eq. (7), the squared distance
+    ``||psi(F_T) - psi(F_S)||_2^2 / n^2``.
 
     Only the correlation term is implemented; the paper's full objective also has CE and
     instance-level KD, which are separate kdzoo losses.
@@ -70,7 +82,11 @@ class CorrelationCongruenceLoss(LayerwiseLoss):
 
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
         gamma, order = self.params.gamma, self.params.order
-        return F.mse_loss(taylor_rbf_kernel(module(student).float(), gamma, order), taylor_rbf_kernel(teacher, gamma, order))
+        difference = taylor_rbf_kernel(module(student).float(), gamma, order) - taylor_rbf_kernel(teacher, gamma, order)
+        squared = difference.pow(2).sum()
+        if self.params.convention == "reference":
+            squared = squared.clamp(min=1e-24).sqrt()  # clamped: finite gradient when the kernels agree
+        return squared / len(student) ** 2
 
 
 class RelationalLoss(LayerwiseLoss):
@@ -104,12 +120,18 @@ class ProbabilisticTransferLoss(LayerwiseLoss):
     Passalis & Tefas (2018), "Learning Deep Representations with Probabilistic Knowledge
     Transfer", ECCV 2018, arXiv:1803.10837.
 
-    ``p_{j|i} = K(t_i, t_j) / sum_{k != i} K(t_i, t_k)`` with the cosine kernel
-    ``K = (cos + 1) / 2`` (same for the student's ``q``); loss
-    ``sum_i sum_{j != i} p_{j|i} log(p_{j|i} / q_{j|i})`` divided by the batch size (mean
-    per-anchor KL). A 1e-7 epsilon guards the logarithm, as in the authors' code (which
-    keeps ``j = i`` terms; the paper's definition, followed here, excludes them).
-    Dimension-free: no connector.
+    Cosine kernel ``K = (cos + 1) / 2`` of the embeddings, row-normalised into
+    conditional probabilities ``p_{j|i}`` (teacher) and ``q_{j|i}`` (student); a 1e-7
+    epsilon guards the logarithm. Dimension-free: no connector.
+
+    ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/PKT.py`` (the
+    authors' code): the whole ``B x B`` matrix, diagonal included, and the KL terms
+    ``p log((p + eps) / (q + eps))`` **averaged over all B^2 entries**. Published weight:
+    30000 (RepDistiller ``-b 30000``, mdistiller ``PKT.LOSS.FEAT_WEIGHT``).
+
+    ``convention: paper``: the paper's definition, ``j = i`` excluded from the kernel and
+    its normalisation, ``sum_i sum_{j != i} p_{j|i} log(p_{j|i} / q_{j|i})``, divided by
+    the batch size (the mean per-anchor KL; the paper's double sum grows with the batch).
     """
 
     loss_name = "pkt"
@@ -119,6 +141,8 @@ class ProbabilisticTransferLoss(LayerwiseLoss):
     eps = 1e-7
 
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
-        target = cosine_conditional_probabilities(teacher)
-        model = cosine_conditional_probabilities(student)
-        return (target * torch.log((target + self.eps) / (model + self.eps))).sum(dim=1).mean()
+        exclude_self = self.params.convention == "paper"
+        target = cosine_conditional_probabilities(teacher, exclude_self)
+        model = cosine_conditional_probabilities(student, exclude_self)
+        terms = target * torch.log((target + self.eps) / (model + self.eps))
+        return terms.sum(dim=1).mean() if exclude_self else terms.mean()

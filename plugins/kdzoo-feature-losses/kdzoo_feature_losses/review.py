@@ -56,8 +56,17 @@ class ReviewKDLoss(TappedLoss):
     pools (weights 1, 1/2, 1/4, 1/8, normalised by their sum; pools not smaller than the
     map are skipped). Level losses are summed, as in the paper.
 
-    Simplification: the original also reviews the pooled embedding as an extra
-    "stage"; here only the tapped stage maps take part (all declared stages by default).
+    Follows mdistiller ``mdistiller/distillers/ReviewKD.py`` (from the authors' code,
+    dvlab-research/ReviewKD): HCL as its ``hcl_loss`` and the loss multiplied by the
+    warm-up factor ``min(epoch / warmup_epochs, 1)`` with epochs counted from 1 (20
+    epochs), i.e. ``(batch.epoch + 1) / warmup_epochs`` here. Published weight: 1.0
+    (mdistiller ``REVIEWKD.REVIEWKD_WEIGHT``; its resnet32x4 -> resnet8x4 config uses 5.0).
+
+    Differences from the reference, left for later: the original also reviews the pooled
+    embedding as an extra "stage" (here only the tapped stage maps take part, all
+    declared stages by default); mdistiller's fusion width is ``min(512, deepest student
+    channels)`` (here ``mid_channels``, 64); and it matches the teacher's pre-ReLU stage
+    outputs (here whatever is tapped).
     """
 
     loss_name = "reviewkd"
@@ -90,4 +99,10 @@ class ReviewKDLoss(TappedLoss):
     def compare(self, student: list[Tensor], teacher: list[Tensor], fusions: nn.Module, batch: DistillBatch) -> Tensor:
         reviewed = self.review(student, fusions)
         pool_sizes = list(self.params.pool_sizes)
-        return torch.stack([hierarchical_context_loss(s.float(), t, pool_sizes) for s, t in zip(reviewed, teacher)]).sum()
+        loss = torch.stack([hierarchical_context_loss(s.float(), t, pool_sizes) for s, t in zip(reviewed, teacher)]).sum()
+        return self.warmup_factor(batch) * loss
+
+    def warmup_factor(self, batch: DistillBatch) -> float:
+        """``min(epoch / warmup_epochs, 1)`` with the reference's epochs counted from 1 (1 when disabled)."""
+        warmup = self.params.warmup_epochs
+        return 1.0 if warmup == 0 else min((batch.epoch + 1) / warmup, 1.0)

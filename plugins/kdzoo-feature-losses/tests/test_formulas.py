@@ -69,44 +69,44 @@ def random_conv_connector(connector, out_channels, in_channels, seed):
 def test_fitnet_is_mse_after_the_regressor(harness, known):
     s, t = randn(4, 8, 4, 4, seed=1), randn(4, 8, 4, 4, seed=2)
     run = harness.on_features("fitnet", {"s": s}, [{"t": t}])
-    known.identity_conv(run.modules()[0])
-    assert_close(run(), ((s - t) ** 2).mean())
-    assert_close(run(teachers=[{"t": s.clone()}]), ZERO)  # identical hints -> 0
+    known.identity_conv(run.modules()[0][0])  # conv + BN, then the ReLU
+    assert_close(run(), ((torch.relu(s) - t) ** 2).mean())
+    assert_close(run(teachers=[{"t": torch.relu(s)}]), ZERO)  # identical hints -> 0
 
 
 def test_fitnet_regressor_projects_and_resizes(harness):
     s, t = randn(4, 8, 4, 4, seed=1), randn(4, 6, 2, 2, seed=2)
     run = harness.on_features("fitnet", {"s": s}, [{"t": t}])
-    regress = random_conv_connector(run.modules()[0], 6, 8, seed=10)
-    hint = F.interpolate(regress(s), size=(2, 2), mode="bilinear", align_corners=False)
+    regress = random_conv_connector(run.modules()[0][0], 6, 8, seed=10)
+    hint = torch.relu(F.interpolate(regress(s), size=(2, 2), mode="bilinear", align_corners=False))
     assert_close(run(), ((hint - t) ** 2).mean())
 
 
 def test_fitnet_on_embeddings_uses_a_linear_regressor(harness):
     s, t = randn(6, 16, seed=1), randn(6, 12, seed=2)
     run = harness.on_features("fitnet", {"e": s}, [{"e": t}], params={"student_layers": ["e"], "teacher_layers": ["e"]})
-    linear = run.modules()[0]
-    assert isinstance(linear, nn.Linear)
-    assert_close(run(), ((s @ linear.weight.t() + linear.bias - t) ** 2).mean())
+    linear, relu = run.modules()[0]
+    assert isinstance(linear, nn.Linear) and isinstance(relu, nn.ReLU)
+    assert_close(run(), ((torch.relu(s @ linear.weight.t() + linear.bias) - t) ** 2).mean())
 
 
 # --------------------------------------------------------------------------- AT
 def explicit_at(s, t, p=2.0):
-    a_s, a_t = s.abs().pow(p).mean(dim=1, keepdim=True), t.abs().pow(p).mean(dim=1, keepdim=True)
-    size = min(a_s.shape[-1], a_t.shape[-1])
-    a_s, a_t = block_mean(a_s, size), block_mean(a_t, size)
+    size = min(s.shape[-1], t.shape[-1])
+    s, t = block_mean(s, size), block_mean(t, size)  # the features are pooled, then mapped
+    a_s, a_t = s.abs().pow(p).mean(dim=1), t.abs().pow(p).mean(dim=1)
     q_s, q_t = unit_rows(a_s.flatten(1)), unit_rows(a_t.flatten(1))
-    return ((q_s - q_t) ** 2).sum(dim=1).mean()
+    return ((q_s - q_t) ** 2).mean()  # over batch and positions
 
 
-def test_at_matches_normalised_attention_maps_averaged_over_layers(harness):
+def test_at_matches_normalised_attention_maps_summed_over_layers(harness):
     student = {"s1": randn(4, 8, 4, 4, seed=1), "s2": randn(4, 16, 2, 2, seed=2)}
     teacher = {"t1": randn(4, 6, 2, 2, seed=3), "t2": randn(4, 12, 2, 2, seed=4)}
     run = harness.on_features("at", student, [teacher])  # default: all stages, paired in order
-    expected = (explicit_at(student["s1"], teacher["t1"]) + explicit_at(student["s2"], teacher["t2"])) / 2
+    expected = explicit_at(student["s1"], teacher["t1"]) + explicit_at(student["s2"], teacher["t2"])
     assert_close(run(), expected)
     run3 = harness.on_features("at", student, [teacher], params={"p": 3.0})
-    assert_close(run3(), (explicit_at(student["s1"], teacher["t1"], 3.0) + explicit_at(student["s2"], teacher["t2"], 3.0)) / 2)
+    assert_close(run3(), explicit_at(student["s1"], teacher["t1"], 3.0) + explicit_at(student["s2"], teacher["t2"], 3.0))
 
 
 def test_at_is_zero_for_identical_or_rescaled_features(harness):
@@ -152,13 +152,13 @@ def test_cc_correlation_congruence_with_taylor_kernel(harness):
     head = run.modules()[0]
     embedded = s @ head.weight.t() + head.bias
     n = s.shape[0]
-    expected = ((taylor_rbf(t, 0.4, 2) - taylor_rbf(embedded, 0.4, 2)) ** 2).sum() / n**2
+    expected = ((taylor_rbf(t, 0.4, 2) - taylor_rbf(embedded, 0.4, 2)) ** 2).sum().sqrt() / n**2
     assert_close(run(), expected)
 
 
 def test_cc_high_order_expansion_approaches_the_gaussian_kernel(harness):
     s, t = randn(6, 16, seed=1), randn(6, 16, seed=2)
-    run = harness.on_features("cc", {"e": s}, [{"e": t}], params={"order": 12, "embed": "none"})
+    run = harness.on_features("cc", {"e": s}, [{"e": t}], params={"order": 12, "embed": "none", "convention": "paper"})
     expected = ((exact_rbf(t, 0.4) - exact_rbf(s, 0.4)) ** 2).mean()
     assert_close(run(), expected, atol=1e-7, rtol=1e-4)
     assert_close(run(teachers=[{"e": s.clone()}]), ZERO)
@@ -232,9 +232,9 @@ def explicit_pkt(s, t, eps=1e-7):
     return sum(p[i, j] * torch.log((p[i, j] + eps) / (q[i, j] + eps)) for i in range(n) for j in range(n) if i != j) / n
 
 
-def test_pkt_is_kl_of_cosine_kernel_conditionals(harness):
+def test_pkt_paper_convention_is_kl_of_cosine_kernel_conditionals(harness):
     s, t = randn(6, 16, seed=1), randn(6, 12, seed=2)
-    run = harness.on_features("pkt", {"e": s}, [{"e": t}])
+    run = harness.on_features("pkt", {"e": s}, [{"e": t}], params={"convention": "paper"})
     assert_close(run(), explicit_pkt(s, t))
     assert_close(run(teachers=[{"e": s.clone()}]), ZERO, atol=1e-6, rtol=0)
 
@@ -250,12 +250,11 @@ def test_vid_is_gaussian_nll_with_softplus_variance(harness):
         regressor.alpha.copy_(randn(6, seed=3))
     variance = (torch.log1p(torch.exp(regressor.alpha.detach())) + 1e-5).view(1, -1, 1, 1)
     convs = [m for m in regressor.mean if isinstance(m, nn.Conv2d)]
-    h = s
+    h = block_mean(s, 2)  # the larger (student) map is pooled to the teacher's size first
     for i, conv in enumerate(convs):
-        h = conv1x1(conv.weight.detach()[:, :, 0, 0], h) + conv.bias.detach().view(1, -1, 1, 1)
+        h = conv1x1(conv.weight.detach()[:, :, 0, 0], h)
         h = torch.relu(h) if i < len(convs) - 1 else h
-    mean = F.interpolate(h, size=(2, 2), mode="bilinear", align_corners=False)
-    expected = (0.5 * torch.log(variance) + (t - mean) ** 2 / (2 * variance)).mean()
+    expected = (0.5 * torch.log(variance) + (t - h) ** 2 / (2 * variance)).mean()
     assert_close(run(), expected)
 
 
@@ -314,10 +313,10 @@ def test_ab_is_margin_hinge_on_teacher_sign(harness, known):
     s, t = randn(4, 8, 4, 4, seed=1), randn(4, 8, 4, 4, seed=2)
     run = harness.on_features("ab", {"s": s}, [{"t": t}])
     known.identity_conv(run.modules()[0])
-    assert_close(run(), explicit_ab(s, t))
+    assert_close(run(), explicit_ab(s, t) * 3 / 1000)  # RepDistiller AB.py's factor
     far = torch.sign(s) * (1.5 + s.abs())  # beyond the margin on the teacher's side -> 0
     assert_close(run(student={"s": far}, teachers=[{"t": far.clone()}]), ZERO)
-    run2 = harness.on_features("ab", {"s": s}, [{"t": t}], params={"margin": 0.5})
+    run2 = harness.on_features("ab", {"s": s}, [{"t": t}], params={"margin": 0.5, "convention": "paper"})
     known.identity_conv(run2.modules()[0])
     assert_close(run2(), explicit_ab(s, t, 0.5))
 
@@ -335,7 +334,7 @@ def test_fsp_matches_flow_matrices_of_consecutive_stages(harness):
     run = harness.on_features("fsp", student, [teacher])
     assert all(isinstance(m, nn.Identity) for m in run.modules())  # equal widths: no connector
     s, t = list(student.values()), list(teacher.values())
-    expected = sum(((explicit_fsp(s[i], s[i + 1]) - explicit_fsp(t[i], t[i + 1])) ** 2).mean() for i in range(2)) / 2
+    expected = sum(((explicit_fsp(s[i], s[i + 1]) - explicit_fsp(t[i], t[i + 1])) ** 2).mean() for i in range(2))
     assert_close(run(), expected)
     assert_close(run(teachers=[{k.replace("s", "t"): v.clone() for k, v in student.items()}]), ZERO)
 
@@ -387,7 +386,7 @@ def test_crd_nce_with_memory_banks(harness):
 
 def test_crd_clips_negatives_and_fixes_the_normaliser(harness):
     s, t = randn(6, 16, seed=1), randn(6, 12, seed=2)
-    run = harness.on_features("crd", {"e": s}, [{"e": t}], num_samples=10)  # nce_k 4096 > N - 1
+    run = harness.on_features("crd", {"e": s}, [{"e": t}], num_samples=10)  # nce_k 16384 > N - 1
     assert run.loss.contrast_indices(torch.arange(6), 10).shape == (6, 10)
     run()
     heads = run.modules()
@@ -413,7 +412,7 @@ def explicit_hcl(s, t, sizes=(4, 2, 1)):
 def test_reviewkd_fuses_deep_to_shallow_and_sums_hcl(harness):
     student = {"s1": randn(4, 8, 4, 4, seed=1), "s2": randn(4, 16, 2, 2, seed=2)}
     teacher = {"t1": randn(4, 6, 4, 4, seed=3), "t2": randn(4, 12, 2, 2, seed=4)}
-    run = harness.on_features("reviewkd", student, [teacher], params={"mid_channels": 5})
+    run = harness.on_features("reviewkd", student, [teacher], params={"mid_channels": 5, "warmup_epochs": 0})
     run.loss.eval()
     shallow, deep = run.modules()
     assert deep.attention is None and shallow.attention is not None
@@ -509,12 +508,12 @@ def explicit_ickd(s, t):
 
 def test_ickd_channel_grams(harness):
     s, t = randn(4, 8, 4, 4, seed=1), randn(4, 8, 2, 2, seed=2)
-    run = harness.on_features("ickd", {"s": s}, [{"t": t}])
+    run = harness.on_features("ickd", {"s": s}, [{"t": t}], params={"connector": "auto", "convention": "paper"})
     assert isinstance(run.modules()[0], nn.Identity)  # equal widths; spatial size is irrelevant
     assert_close(run(), explicit_ickd(s, t))
     assert_close(run(teachers=[{"t": s.clone()}]), ZERO)
     wide = randn(4, 6, 2, 2, seed=3)
-    run2 = harness.on_features("ickd", {"s": s}, [{"t": wide}])
+    run2 = harness.on_features("ickd", {"s": s}, [{"t": wide}], params={"convention": "paper"})
     connect = random_conv_connector(run2.modules()[0], 6, 8, seed=10)
     assert_close(run2(), explicit_ickd(connect(s), wide))
 

@@ -30,15 +30,20 @@ class TeacherFreeKD(Loss):
 
     Yuan, Tay, Li, Wang, Feng, 2020, "Revisiting Knowledge Distillation via Label
     Smoothing Regularization" (CVPR 2020, arXiv 1909.11723). The virtual teacher puts
-    probability ``a`` on the correct class and ``(1-a)/(K-1)`` on every other class; the
-    loss is ``T^2 * KL(p^d_T || softmax(s/T))`` (batch mean), with ``p^d_T`` that
-    distribution softened at temperature T, i.e. ``softmax(log(p^d) / T)``: at T = 1 the
-    target is exactly ``p^d``.
+    probability ``a`` on the correct class and ``(1-a)/(K-1)`` on every other class
+    (``p^d``).
 
-    Deviation from the authors' code (``loss_kd_regularization``): it softens with
-    ``softmax(p^d / T)`` (the probabilities used as logits), leaves the student at T = 1,
-    averages the KL over all B*K entries and multiplies by a tuned constant. Here the
-    paper's equation is followed, and the constant is the spec weight.
+    ``convention: reference`` (default) follows the authors' ``loss_kd_regularization``
+    (yuanli2333/Teacher-free-Knowledge-Distillation ``my_loss_function.py``): the target
+    is ``softmax(p^d / T)`` (the probabilities used as logits), the student is not
+    tempered, and ``nn.KLDivLoss()``'s default reduction of their PyTorch averages the KL
+    terms over all ``B * K`` entries; a = 0.99, T = 20. Published weight: their
+    ``reg_alpha * multiplier`` = 0.1 * 100 = 10, with CE at ``1 - reg_alpha`` = 0.9
+    (``experiments/base_experiments/base_resnet18/params.json``, CIFAR-100).
+
+    ``convention: paper``: the paper's equation ``T^2 * KL(p^d_T || softmax(s/T))``
+    (batch mean), with ``p^d_T = softmax(log(p^d) / T)`` the designed distribution
+    softened at temperature T: at T = 1 the target is exactly ``p^d``.
     """
 
     uses_teachers = False
@@ -47,7 +52,14 @@ class TeacherFreeKD(Loss):
         logits = fp32(student.logits)
         num_classes = logits.shape[1]
         correct = self.params.correct_prob
+        temperature = self.params.temperature
+        if self.params.convention == "reference":
+            designed = torch.full_like(logits, (1.0 - correct) / (num_classes - 1))
+            designed.scatter_(1, batch.targets.view(-1, 1), correct)
+            target_log_probs = F.log_softmax(designed / temperature, dim=1)
+            kl_terms = F.kl_div(F.log_softmax(logits, dim=1), target_log_probs, reduction="none", log_target=True)
+            return kl_terms.mean()
         # The log of the designed distribution is a logit vector whose softmax is that distribution.
         virtual_teacher = torch.full_like(logits, math.log((1.0 - correct) / (num_classes - 1)))
         virtual_teacher.scatter_(1, batch.targets.view(-1, 1), math.log(correct))
-        return tempered_kl(logits, virtual_teacher, self.params.temperature).mean()
+        return tempered_kl(logits, virtual_teacher, temperature).mean()
