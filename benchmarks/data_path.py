@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from kdzoo.run.data import batch_indices, to_float

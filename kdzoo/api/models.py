@@ -58,6 +58,10 @@ class Network(nn.Module):
     - ``logits_of``: extracts logits from the body's output (HF returns an output object).
     - ``family``: ``"cnn"`` (gets channels_last memory format by default, see the spec's
       ``channels_last``) or any other name, e.g. ``"vit"`` (does not).
+    - ``weights_source``: where the initial weights came from, recorded in the run's
+      manifest so the run can be reproduced: e.g. ``{"hub": "huggingface", "id":
+      "timm/resnet50.a1_in1k", "revision": "<commit hash>"}`` or ``{"file": path,
+      "sha256": ...}``; ``None`` for random initialisation. Set by the factory.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Network(nn.Module):
         attention: Sequence[str] = (),
         logits_of: Callable[[Any], Tensor] | None = None,
         family: str = "cnn",
+        weights_source: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.body = body
@@ -87,6 +92,7 @@ class Network(nn.Module):
         self.attention = list(attention)
         self.logits_of = logits_of
         self.family = family
+        self.weights_source = weights_source
 
     def preprocess(self, images: Tensor) -> Tensor:
         """Resize ``images`` (float, [0, 1]) to ``input_size`` when set, then normalise with ``mean``/``std``."""

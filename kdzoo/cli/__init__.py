@@ -18,7 +18,8 @@ from kdzoo.errors import KdzooError
 from kdzoo.host.build import DEBUG_ENV, debug_enabled
 
 # The built-in command modules, attached through their register_commands hook.
-CORE_COMMAND_MODULES = ("kdzoo.cli.run", "kdzoo.cli.plugins", "kdzoo.cli.study", "kdzoo.cli.status")
+CORE_COMMAND_MODULES = ("kdzoo.cli.run", "kdzoo.cli.plugins", "kdzoo.cli.study", "kdzoo.cli.status", "kdzoo.cli.fetch",
+                        "kdzoo.cli.export")
 
 
 class KdzooGroup(click.Group):

@@ -11,19 +11,23 @@ import click
 from kdzoo import hookimpl
 from kdzoo.cli.common import load_host_with_warnings, plugins_dir_option, set_option
 from kdzoo.cli.launcher_options import launch_options
-from kdzoo.errors import KdzooError, TrainingError
-from kdzoo.run.distributed import is_main, record_errors
+from kdzoo.errors import KdzooError
+from kdzoo.run.distributed import record_errors
 from kdzoo.run.launch import nproc_callback
+from kdzoo.spec.models import TRACKERS
 
 
 def _load(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Path, ...]):
-    """The host (with the spec's own plugin files and ``--plugins-dir``) and the validated runs."""
+    """The host (with the spec's own plugin files and ``--plugins-dir``) and the validated runs;
+    refused when a model's pretrained weights are not cached on an offline machine."""
+    from kdzoo.host.weights import refuse_missing_weights
     from kdzoo.spec import load_spec
     from kdzoo.spec.plugin_files import plugin_files_of
 
     files = plugin_files_of(spec_path, plugins_dirs, overrides)
     host = load_host_with_warnings(files)
     data, runs = load_spec(spec_path, host.registry, list(overrides))
+    refuse_missing_weights(runs, host.registry, str(spec_path), overrides, plugins_dirs)
     return host, data, runs
 
 
@@ -50,15 +54,17 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
               help="Grids: arms that share data, teachers and schedule length train in one pass (on, the default), or one by one (off).")
 @plugins_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--track", "tracks", multiple=True, type=click.Choice(TRACKERS),
+              help="Also log every run to TensorBoard or Weights & Biases (adds to the spec's `tracking:`); repeatable.")
 @launch_options
 @click.option("--nproc", type=click.IntRange(min=1), expose_value=False, callback=nproc_callback,
               help="Train on N processes of this machine (DDP, started with torchrun's launcher; several machines: torchrun -m kdzoo run).")
 @record_errors
 def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...], resume_dir: Path | None,
-        arm_patterns: str | None, force: bool, fuse: str | None, plugins_dirs: tuple[Path, ...], quiet: bool, launch) -> None:
+        arm_patterns: str | None, force: bool, fuse: str | None, plugins_dirs: tuple[Path, ...], quiet: bool,
+        tracks: tuple[str, ...], launch) -> None:
     """Train or distil as SPEC says, then print the results table."""
     from kdzoo.run import runner
-    from kdzoo.run.tables import grid_table, run_table
 
     progress = True if quiet else None  # tqdm: None = only on a TTY
     started = time.perf_counter()
@@ -67,13 +73,17 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
             raise KdzooError("--fuse: --resume RUN_DIR continues one run; a grid resumes by running its spec again")
         if spec_path is not None or overrides:
             raise KdzooError("--resume takes its spec from the run directory: give no SPEC and no --set")
+        if tracks:
+            raise KdzooError("--track: a resumed run goes on with the trackers it started with (those its run directory holds)")
         launch.require_grid("--resume RUN_DIR")
-        host, spec = runner.resume_host_and_spec(resume_dir, plugins_dirs, load_host_with_warnings)
-        summary = runner.run_single(spec, host, resume_dir, resume=True, log=click.echo, progress=progress, force=force)
-        click.echo(run_table(summary))
+        runner.resume_run(resume_dir, plugins_dirs, load_host_with_warnings, log=click.echo, progress=progress, force=force)
         return
     if spec_path is None:
         raise click.UsageError("give a SPEC file, or --resume RUN_DIR")
+    if tracks:  # one more --set, so that launched arms (given the same overrides) track too
+        from kdzoo.run.tracking import tracking_override
+
+        overrides = (*overrides, tracking_override(spec_path, overrides, tracks))
     host, data, runs = _load(spec_path, overrides, plugins_dirs)
     if data.get("matrix") is None:
         launch.require_grid(str(spec_path))
@@ -82,30 +92,21 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
     if fuse is not None and launch.launcher != "inline":
         raise KdzooError(f"--fuse: --launcher {launch.launcher} runs each arm in a job of its own, never fused; drop --fuse")
     plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
-    if plan.grid:
-        click.echo(f"{spec_path}: {len(plan.runs)} runs -> {plan.run_dir}")
-        if launch.launcher == "inline":
-            results = runner.run_arms(plan.runs, host, plan.run_dir, log=click.echo, progress=progress, force=force, fuse=fuse != "off")
-        else:  # the same arms, specs and skip rules, each run in a process (or SLURM task) of its own
-            from kdzoo.run.launchers.grid import launch_grid
+    run_grid = None  # inline: the runner runs the arms itself (fused where they can be)
+    if launch.launcher != "inline":  # the same arms, specs and skip rules, each in a process (or SLURM task) of its own
+        from functools import partial
 
-            results = launch_grid(plan, launch, spec_path, overrides, plugins_dirs, force=force, log=click.echo)
-        click.echo(grid_table(results))
-        failed = [name for name, summary in results if "failed" in summary]
-        if plan.study and is_main():  # several processes: rank 0 writes the report
-            from kdzoo.study.report import build_report, findings_markdown
+        from kdzoo.run.launchers.grid import launch_grid
 
-            result = build_report(plan.run_dir, None, log=lambda message: click.echo(message, err=True))
-            click.echo(f"\n{result.table}\n\n{findings_markdown(result.findings)}")
-            click.echo(f"study report: {result.files[0].parent}")
-    else:
-        spec = plan.runs[0][1]
-        click.echo(f"{spec_path}: {spec.kind} run -> {plan.run_dir}")
-        summary = runner.run_single(spec, host, plan.run_dir, log=click.echo, progress=progress)
-        click.echo(run_table(summary))
+        run_grid = partial(launch_grid, options=launch, spec_path=spec_path, overrides=overrides, plugins_dirs=plugins_dirs,
+                           force=force, log=click.echo)
+
+    outcome = runner.run_plan(plan, host, str(spec_path), log=click.echo, progress=progress, force=force, fuse=fuse != "off",
+                              run_grid=run_grid, report_log=lambda message: click.echo(message, err=True))
     click.echo(f"total time: {time.perf_counter() - started:.1f} s; results in {plan.run_dir}")
-    if plan.grid and failed:  # scripts and CI must notice
-        raise TrainingError(f"{len(failed)} of {len(plan.runs)} arms failed: {', '.join(failed)} (see failed.json in each)")
+    failure = runner.grid_failure(outcome)
+    if failure is not None:  # scripts and CI must notice
+        raise failure
 
 
 @click.command()

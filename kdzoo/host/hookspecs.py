@@ -16,6 +16,10 @@ of ``register``:
   the factory's docstring (when the factory is a callable).
 - ``examples``: non-default params dicts; each must validate against ``params`` when
   the plugin registers.
+- ``weights``: models only: a function (or ``"module:attribute"``) ``locate(params, *,
+  download) -> dict | None`` saying where the pretrained weights the params need come
+  from and whether they are cached, and fetching them (``kdzoo validate``/``run`` check
+  before any work, ``kdzoo fetch`` downloads; see docs/hooks.md).
 
 A plugin is a module named in the ``kdzoo`` entry-point group of a distribution, or
 a single ``.py`` file (``plugins: [file.py]`` in a spec, ``--plugins-dir DIR``) that

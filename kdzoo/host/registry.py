@@ -25,6 +25,10 @@ class Component:
     description: str
     plugin: str
     examples: tuple[dict[str, Any], ...] = ()  # non-default params `plugins check` also runs
+    # Models only: `locate(params, *, download) -> dict | None` says where the pretrained
+    # weights the params need come from, whether they are cached, and fetches them
+    # (kdzoo/host/weights.py); a callable or "module:attribute", imported when asked.
+    weights: Callable[..., Any] | str | None = None
 
     def resolve_factory(self) -> Callable[..., Any]:
         if callable(self.factory):
@@ -129,6 +133,7 @@ def make_register(registry: Registry, kind: str, plugin: str, attempted: list[tu
         params: type[BaseModel] | None = None,
         description: str = "",
         examples: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+        weights: Callable[..., Any] | str | None = None,
     ) -> None:
         where = f"plugin '{plugin}': {kind} '{name}'"
         if not isinstance(name, str) or not name or name != name.strip():
@@ -137,6 +142,11 @@ def make_register(registry: Registry, kind: str, plugin: str, attempted: list[tu
             attempted.append((kind, name))
         if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise PluginError(f"{where}: factory must be a callable or 'module:attribute'")
+        if weights is not None:
+            if kind != "model":
+                raise PluginError(f"{where}: weights= is for models (it locates and fetches pretrained weights)")
+            if not (callable(weights) or (isinstance(weights, str) and ":" in weights)):
+                raise PluginError(f"{where}: weights must be a callable or 'module:attribute'")
         params = params or NoParams
         examples = tuple(examples) + tuple(getattr(params, "examples", ()))
         check_params_model(params, where, examples)
@@ -145,6 +155,6 @@ def make_register(registry: Registry, kind: str, plugin: str, attempted: list[tu
             doc = factory.__dict__.get("__doc__") if inspect.isclass(factory) else factory.__doc__
             doc = inspect.cleandoc(doc) if isinstance(doc, str) else ""
             description = doc.splitlines()[0] if doc else ""
-        registry.add(Component(kind, name, factory, params, description.strip(), plugin, examples))
+        registry.add(Component(kind, name, factory, params, description.strip(), plugin, examples, weights))
 
     return register

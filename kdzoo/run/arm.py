@@ -36,6 +36,7 @@ from kdzoo.run.schedule import lr_factor, make_optimizer
 from kdzoo.run.state import load_state, save_state
 from kdzoo.run.step import LossTally, StepModule, divergence_error, wrap_ddp
 from kdzoo.run.teachers import Teacher
+from kdzoo.run.tracking import Trackers
 from kdzoo.spec import AnySpec, TrainSpec
 
 
@@ -135,7 +136,8 @@ class Arm:
         self.start_epoch = self.step = 0
         self.records: list[dict[str, Any]] = []
         self.final_metrics: dict[str, Any] = {}
-        self.failure: Exception | None = None
+        self.trackers = Trackers()  # opened by begin() (rank 0, as the spec's `tracking` asks)
+        self.failure: Exception | None = None  # why the pass dropped the arm (drop)
         self.rng: RngStream | None = None  # None: the process's own stream (an arm trained alone)
         self.tally: LossTally | None = None
         self.started = 0.0
@@ -208,7 +210,14 @@ class Arm:
         self._write_metrics()
         if self.start_epoch:
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
+        if self.main:
+            self.trackers = Trackers.open(self.spec, self.run_dir, self.name, self.start_epoch, log=self.log)
         self.started = time.perf_counter()
+
+    def drop(self, error: Exception) -> None:
+        """The pass drops this arm: ``error`` is why; its trackers end here, marked failed."""
+        self.failure = error
+        self.trackers.close(error)
 
     # -- one step ------------------------------------------------------------------
     def rng_scope(self):
@@ -269,6 +278,7 @@ class Arm:
         record["images_per_s"] = round(self.steps_per_epoch * spec.batch_size / train_time, 1)
         self.records.append(record)
         self._write_metrics()
+        self.trackers.log_record(record)
         self.save_state(epoch + 1, self.step)
         return record
 
@@ -341,10 +351,14 @@ class Arm:
             "plugin_files": self.host.plugin_files(),
             "metrics": {k: v for k, v in final.items() if is_scalar(v)},
         }
+        if self.network.weights_source:  # pretrained: where the starting weights came from
+            manifest["initial_weights"] = self.network.weights_source
         if self.main:
             save_checkpoint(self.run_dir, tensors, manifest)
             # No indentation: attention overlays and reliability bins make it megabytes otherwise.
             write_json(self.run_dir / rundir.SUMMARY_FILE, summary, indent=None)
+            self.trackers.finish(summary)  # after the run's own files: a tracker never holds them up
+            self.trackers.close()
         distributed.barrier()  # the run is finished (files published) when any rank returns
         return summary
 

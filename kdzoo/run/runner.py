@@ -287,3 +287,67 @@ def ensure_writable_dir(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise KdzooError(f"--out {path}: cannot create or write the run directory ({exc.strerror or exc})") from None
+
+
+@dataclass
+class Outcome:
+    """What running a plan gave: each arm's summary in plan order (one entry, the run's
+    name, for a run without a matrix), the arms that failed, and the study report (a grid
+    over seeds) or None."""
+
+    run_dir: Path
+    grid: bool
+    results: list[tuple[str, dict[str, Any]]]
+    failed: list[str]
+    report: Any = None  # kdzoo.study.report.Report
+
+
+def run_plan(plan: Plan, host: PluginHost, label: str, log: Log, progress: bool | None, force: bool = False,
+             fuse: bool = True, run_grid: Callable[[Plan], list[tuple[str, dict[str, Any]]]] | None = None,
+             report_log: Log | None = None) -> Outcome:
+    """What ``kdzoo run SPEC`` does once planned (shared by the CLI and the Python API): one
+    run, or a grid's arms (fused unless ``fuse`` is off; through ``run_grid`` when a
+    launcher runs them), its results table and, for a grid over seeds, the study report.
+    A grid's failed arms are returned, not raised; a single run's failure is raised."""
+    from kdzoo.run.tables import grid_table, run_table
+
+    if not plan.grid:
+        name, spec = plan.runs[0]
+        log(f"{label}: {spec.kind} run -> {plan.run_dir}")
+        summary = run_single(spec, host, plan.run_dir, log=log, progress=progress)
+        log(run_table(summary))
+        return Outcome(plan.run_dir, False, [(name, summary)], [])
+    log(f"{label}: {len(plan.runs)} runs -> {plan.run_dir}")
+    if run_grid is None:
+        results = run_arms(plan.runs, host, plan.run_dir, log=log, progress=progress, force=force, fuse=fuse)
+    else:  # the same arms, specs and skip rules, each run in a process (or SLURM task) of its own
+        results = run_grid(plan)
+    log(grid_table(results))
+    outcome = Outcome(plan.run_dir, True, results, [name for name, summary in results if "failed" in summary])
+    if plan.study and distributed.is_main():  # several processes: rank 0 writes the report
+        from kdzoo.study.report import build_report, findings_markdown
+
+        outcome.report = build_report(plan.run_dir, None, log=report_log or log)
+        log(f"\n{outcome.report.table}\n\n{findings_markdown(outcome.report.findings)}")
+        log(f"study report: {outcome.report.files[0].parent}")
+    return outcome
+
+
+def grid_failure(outcome: Outcome) -> TrainingError | None:
+    """The error a grid with failed arms ends with (scripts and CI must notice), or None."""
+    if not outcome.failed:
+        return None
+    return TrainingError(f"{len(outcome.failed)} of {len(outcome.results)} arms failed: {', '.join(outcome.failed)} "
+                         "(see failed.json in each)")
+
+
+def resume_run(run_dir: Path, plugins_dirs, load_host: Callable[[list[Path]], PluginHost], log: Log,
+               progress: bool | None, force: bool = False) -> Outcome:
+    """Continue the interrupted run in ``run_dir`` from its last finished epoch (``kdzoo run
+    --resume``), with the spec and plugin files it started with, and log its table."""
+    from kdzoo.run.tables import run_table
+
+    host, spec = resume_host_and_spec(run_dir, plugins_dirs, load_host)
+    summary = run_single(spec, host, run_dir, resume=True, log=log, progress=progress, force=force)
+    log(run_table(summary))
+    return Outcome(run_dir, False, [(spec.name or run_dir.name, summary)], [])

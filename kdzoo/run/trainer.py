@@ -112,7 +112,7 @@ class TrainingPass:
 
     # -- failures ------------------------------------------------------------------
     def _drop(self, arm: Arm, error: TrainingError) -> None:
-        arm.failure = error
+        arm.drop(error)
         if self.on_failure is not None:
             self.on_failure(arm, error)
 

@@ -84,9 +84,9 @@ def validate_spec(data: dict[str, Any], registry: Registry | None, source: str =
         # Normalise: components that came from defaults (e.g. the default `ce` loss) get
         # their params filled in too, so a spec equals its resolved spec.yaml once reloaded
         # (teacher cache keys, resume and grid-skip checks compare resolved specs).
-        launcher = spec.launcher  # excluded from dumps (see RunSpec.launcher), so carried over by hand
+        launcher, tracking = spec.launcher, spec.tracking  # excluded from dumps (see RunSpec), so carried over by hand
         spec = model.model_validate(spec.model_dump(mode="json"), context={"registry": registry})
-        spec.launcher = launcher
+        spec.launcher, spec.tracking = launcher, tracking
     return spec
 
 
@@ -113,23 +113,29 @@ def load_spec(
     """
     data = apply_overrides(read_spec_file(path), overrides or [])
     resolve_plugin_paths(data, Path(path).resolve().parent, str(path))
-    arms = expand_matrix(data, source=str(path))
+    return data, validate_runs(data, registry, str(path))
+
+
+def validate_runs(data: dict[str, Any], registry: Registry | None, source: str) -> list[tuple[str, AnySpec]]:
+    """The validated runs of a spec dict (plugin paths already resolved): one for a plain
+    spec, one per matrix arm; every problem of every arm in one ``SpecError``."""
+    arms = expand_matrix(data, source=source)
     problems: list[str] = []
     runs: list[tuple[str, AnySpec]] = []
     if data.get("matrix") is not None:
         try:  # the matrix itself (types), without expanding
             RunSpec.model_validate({"matrix": data["matrix"]})
         except ValidationError as exc:
-            raise SpecError(str(path), [describe_error(err, prefix="") for err in exc.errors()]) from None
+            raise SpecError(source, [describe_error(err, prefix="") for err in exc.errors()]) from None
     for arm_name, arm in arms:
         try:
-            runs.append((arm_name, validate_spec(arm, registry, str(path))))
+            runs.append((arm_name, validate_spec(arm, registry, source)))
         except SpecError as exc:
             label = f"[matrix arm {arm_name}] " if data.get("matrix") else ""
             problems.extend(label + p for p in exc.problems)
     if problems:
-        raise SpecError(str(path), list(dict.fromkeys(problems)))
-    return data, runs
+        raise SpecError(source, list(dict.fromkeys(problems)))
+    return runs
 
 
 def json_schema() -> dict[str, Any]:

@@ -8,6 +8,7 @@ temperature before a single tensor is allocated.
 
 from __future__ import annotations
 
+import importlib.util
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,6 +31,18 @@ from kdzoo.spec.defaults import DEFAULTS
 from kdzoo.spec.describe import describe_error
 
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"  # run and teacher names: file names, metric keys
+
+
+# Experiment trackers a run can log to (kdzoo.run.tracking); each needs the package of its name.
+TrackerName = Literal["tensorboard", "wandb"]
+TRACKERS: tuple[str, ...] = typing.get_args(TrackerName)
+
+
+def tracker_not_installed(name: str) -> str | None:
+    """Why tracker ``name`` cannot run here (its package is missing), or None."""
+    if importlib.util.find_spec(name) is None:
+        return f"{name} is not installed: pip install 'kdzoo[{name}]'"
+    return None
 
 
 MAX_NAME_LENGTH = 100  # names become directory names and metric keys
@@ -206,6 +219,30 @@ class RunSpec(StrictModel):
     launcher: LauncherSpec | None = Field(
         None, exclude=True, description="`kdzoo run --launcher slurm`: partition, time and resources of each job (not part of the resolved spec)"
     )
+    # Where a run is logged is not what it computes either: excluded the same way.
+    tracking: list[TrackerName] = Field(
+        default_factory=list, exclude=True,
+        description="also log each epoch's metrics, the hyperparameters and the final plots to TensorBoard "
+        "(RUN_DIR/tensorboard/) and/or Weights & Biases (RUN_DIR/wandb/; WANDB_PROJECT, WANDB_MODE=offline respected); "
+        "`kdzoo run --track NAME` adds to it. Needs the extra of the same name (`pip install 'kdzoo[tensorboard]'`). "
+        "Not part of the resolved spec (see docs/tracking.md)",
+    )
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _known_installed_trackers(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else value  # `tracking: tensorboard` is a list of one
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return names  # the type check names the problem
+        for name in names:
+            if name not in TRACKERS:
+                raise PydanticCustomError("tracker", "unknown tracker '{name}'{hint}; allowed: {allowed}",
+                                          {"name": name, "hint": did_you_mean(name, TRACKERS), "allowed": ", ".join(TRACKERS)})
+        names = list(dict.fromkeys(names))
+        for name in names:  # refused before any work, not after the teachers have trained
+            if (problem := tracker_not_installed(name)) is not None:
+                raise PydanticCustomError("tracker_missing", "{problem}", {"problem": problem})
+        return names
 
     @field_validator("matrix")
     @classmethod
@@ -243,6 +280,14 @@ class TeacherSpec(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("train"), dict):
             data = {**data, "train": {"kind": "train", **data["train"]}}
         return data
+
+    @field_validator("train")
+    @classmethod
+    def _not_tracked(cls, train: TrainSpec | None) -> TrainSpec | None:
+        if train is not None and train.tracking:  # refused, not silently dropped
+            raise PydanticCustomError("teacher_tracking", "tracking: an inline teacher is trained once into the teacher cache "
+                                      "and is not tracked; set tracking on the distill run", {})
+        return train
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> TeacherSpec:

@@ -73,8 +73,7 @@ class CifarResNet(nn.Module):
 def build_cifar_resnet(params: CifarResNetParams, *, num_classes: int, image_size: int) -> Network:
     """CIFAR ResNet-(6n+2) -- He et al., "Deep Residual Learning for Image Recognition", CVPR 2016."""
     body = CifarResNet(params.depth, params.width, num_classes)
-    if params.weights:
-        load_weights(body, params.weights)
+    source = load_weights(body, params.weights) if params.weights else None
     return Network(
         body,
         num_classes=num_classes,
@@ -85,4 +84,5 @@ def build_cifar_resnet(params: CifarResNetParams, *, num_classes: int, image_siz
         embedding="avgpool",
         cam=CamHead(features="layer3", classifier="fc"),
         family="cnn",
+        weights_source=source,
     )

@@ -25,15 +25,6 @@ def unknown_name_error(what: str, name: str, choices: Sequence[str], hint: str =
     return KdzooError(f"unknown {what} '{name}'{suggestion}{hint}")
 
 
-def require_local_pretrained(pretrained: bool, weights: str | None, library: str) -> None:
-    if pretrained and not weights:
-        raise KdzooError(
-            f"{library}: pretrained weights cannot be downloaded here (kdzoo runs offline); "
-            "download them beforehand and pass the local file as `weights` (with `pretrained: true` "
-            "to re-initialise a classifier of another size)"
-        )
-
-
 @dataclass
 class ModuleOutput:
     path: str

@@ -1,7 +1,8 @@
-"""Hugging Face transformers image classifiers from a config (random weights) or a local directory.
+"""Hugging Face transformers image classifiers from the hub, a local directory or a config.
 
-Nothing is downloaded: configs are built with ``AutoConfig.for_model`` and directories
-are read with ``local_files_only=True``. Taps are found with one probe forward that asks
+``model_id`` loads through ``from_pretrained`` and the hub cache (HF_HOME, offline mode
+obeyed); configs are built with ``AutoConfig.for_model`` and directories are read with
+``local_files_only=True`` (nothing downloaded). Taps are found with one probe forward that asks
 the model for its attentions and hidden states and matches them to the modules that
 produced them, so module paths need not be hard-coded per transformers version.
 """
@@ -31,6 +32,8 @@ from kdzoo_models.common import (
     run_probe,
     unknown_name_error,
 )
+from kdzoo_models.hub import locate_hf, manifest_source, one_line
+from kdzoo_models.torch_hub import file_sha256
 from kdzoo_models.weights import load_weights
 
 # Eager attention computes the probabilities explicitly and hands them out as the second
@@ -40,20 +43,28 @@ ATTENTION_IMPLEMENTATION = "eager"
 
 def build_hf(params: HfParams, *, num_classes: int, image_size: int) -> Network:
     """A transformers image classifier (e.g. ViT) -- Wolf et al., "Transformers", EMNLP 2020 (system demos)."""
-    if (params.model_dir is None) == (params.config is None):
+    if sum(source is not None for source in (params.model_id, params.model_dir, params.config)) != 1:
         raise KdzooError(
-            "hf model: give exactly one of model_dir (a local save_pretrained directory) "
-            "or config (model_type plus its fields)"
+            "hf model: give exactly one of model_id (a Hugging Face hub repository), model_dir (a local "
+            "save_pretrained directory) or config (model_type plus its fields)"
         )
+    source = None
     if params.config is not None:
         body = _from_config(params.config, num_classes)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif params.model_id is not None:
+        body, located = _from_hub(params, num_classes)
+        snapshot = located.get("cache")
+        mean, std = _processor_normalisation(Path(snapshot)) if snapshot else (IMAGENET_MEAN, IMAGENET_STD)
+        source = manifest_source(located)
     else:
         directory = _model_directory(params.model_dir)
         body = _from_directory(directory, num_classes, params.reset_head)
         mean, std = _processor_normalisation(directory)
+        source = _directory_source(directory)
     if params.weights:
-        load_weights(body, params.weights)
+        file_source = load_weights(body, params.weights)
+        source = {**file_source, "base": source} if source else file_source
     config_size = getattr(body.config, "image_size", None)
     input_size = params.input_size or (config_size if isinstance(config_size, int) else None)
     return Network(
@@ -63,8 +74,37 @@ def build_hf(params: HfParams, *, num_classes: int, image_size: int) -> Network:
         mean=mean,
         std=std,
         logits_of=operator.attrgetter("logits"),  # picklable, unlike a lambda
+        weights_source=source,
         **hf_taps(body, input_size or image_size),
     )
+
+
+def _from_hub(params: HfParams, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """``from_pretrained(model_id)`` through the hub cache, a classifier of another size replaced;
+    with where it was found (``cache``: the snapshot folder) and the commit it resolved to."""
+    model = f"hf model '{params.model_id}'"
+    locate_hf(params, download=False)  # offline and not cached: say so before transformers fails
+    try:
+        body = AutoModelForImageClassification.from_pretrained(
+            params.model_id,
+            revision=params.revision,
+            num_labels=num_classes,
+            ignore_mismatched_sizes=True,  # pretrained for another label set: a fresh classifier
+            attn_implementation=ATTENTION_IMPLEMENTATION,
+            output_attentions=True,
+        )
+    except (OSError, ValueError) as exc:  # not found, offline, HTTP errors (huggingface_hub's are OSErrors)
+        raise KdzooError(f"{model}: cannot load it from the Hugging Face hub: {one_line(exc)}") from exc
+    return body, locate_hf(params, download=False)  # now cached: the resolved revision
+
+
+def _directory_source(directory: Path) -> dict[str, Any] | None:
+    """A local save_pretrained directory's weights file, with its sha256, for the manifest."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
+        file = directory / name
+        if file.is_file():
+            return {"file": str(file.resolve()), "sha256": file_sha256(file)}
+    return None
 
 
 def _from_config(config: dict[str, Any], num_classes: int) -> nn.Module:

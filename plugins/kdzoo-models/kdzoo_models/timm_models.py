@@ -17,10 +17,10 @@ from kdzoo_models.common import (
     probe_images,
     probing,
     recorded_outputs,
-    require_local_pretrained,
     run_probe,
     unknown_name_error,
 )
+from kdzoo_models.hub import locate_timm, manifest_source, one_line, timm_pretrained_source
 from kdzoo_models.weights import load_weights
 
 
@@ -28,19 +28,34 @@ def build_timm(params: TimmParams, *, num_classes: int, image_size: int) -> Netw
     """A timm model -- Wightman, "PyTorch Image Models", GitHub 2019, doi:10.5281/zenodo.4414861."""
     if not timm.is_model(params.arch):
         raise unknown_name_error("timm model", params.arch, timm.list_models(), hint=" (see timm.list_models())")
-    require_local_pretrained(params.pretrained, params.weights, "timm")
     kwargs = dict(params.kwargs)
     if params.img_size is not None:
         kwargs["img_size"] = params.img_size
     if params.patch_size is not None:
         kwargs["patch_size"] = params.patch_size
+    from_hub = params.pretrained and not params.weights
+    if from_hub:
+        locate_timm(params, download=False)  # offline and not cached: say so before timm fails
+        if params.revision is not None:
+            kind, location, _ = timm_pretrained_source(params.arch)
+            if kind == "hf-hub":
+                kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{location.partition('@')[0]}@{params.revision}"}
     try:
-        body = timm.create_model(params.arch, pretrained=False, num_classes=num_classes, **kwargs)
+        # With pretrained=True timm loads through its own hub code (the Hugging Face cache) and
+        # drops a classifier of another size than num_classes, which keeps its fresh init.
+        body = timm.create_model(params.arch, pretrained=from_hub, num_classes=num_classes, **kwargs)
     except TypeError as exc:  # a keyword the model's constructor does not take
         raise KdzooError(f"timm model '{params.arch}' rejected its arguments {sorted(kwargs)}: {exc}") from exc
+    except (OSError, RuntimeError, ValueError) as exc:  # download, offline cache or checkpoint problems
+        if not from_hub:
+            raise
+        raise KdzooError(f"timm model '{params.arch}': cannot load its pretrained weights: {one_line(exc)}") from exc
+    source = None
     if params.weights:
         head = classifier_paths(body) if params.pretrained else []
-        load_weights(body, params.weights, replaceable_head=head)
+        source = load_weights(body, params.weights, replaceable_head=head)
+    elif from_hub:
+        source = manifest_source(locate_timm(params, download=False))  # now cached: the resolved revision
     input_size = params.input_size or params.img_size or fixed_input_size(body)
     cfg = body.pretrained_cfg or {}
     return Network(
@@ -49,6 +64,7 @@ def build_timm(params: TimmParams, *, num_classes: int, image_size: int) -> Netw
         input_size=input_size,
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
+        weights_source=source,
         **timm_taps(body, input_size or image_size, params.arch),
     )
 

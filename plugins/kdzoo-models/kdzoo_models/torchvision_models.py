@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from typing import Any
 
 import torchvision
 from torch import nn
 from torchvision import models as tvm
 
-from kdzoo.api import IMAGENET_MEAN, IMAGENET_STD, CamHead, Network
+from kdzoo.api import IMAGENET_MEAN, IMAGENET_STD, CamHead, KdzooError, Network
 from kdzoo_models import TorchvisionParams
-from kdzoo_models.common import last_per_resolution, require_local_pretrained, unknown_name_error
-from kdzoo_models.weights import load_weights
+from kdzoo_models.common import last_per_resolution, unknown_name_error
+from kdzoo_models.hub import manifest_source, one_line
+from kdzoo_models.torch_hub import locate_torchvision, locate_url, torchvision_weights, weights_id
+from kdzoo_models.weights import load_state, load_weights, with_metadata
 
 # Auxiliary heads make training-mode outputs tuples; kdzoo distils the main head only.
 CONSTRUCTOR_OVERRIDES: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
+# Their ImageNet weights were trained on inputs the model re-normalises itself (what torchvision sets).
+PRETRAINED_OVERRIDES: dict[str, dict[str, Any]] = {
+    "googlenet": {"transform_input": True},
+    "inception_v3": {"transform_input": True},
+}
+AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def classification_arches() -> list[str]:
@@ -29,23 +40,72 @@ def build_torchvision(params: TorchvisionParams, *, num_classes: int, image_size
     arches = classification_arches()
     if params.arch not in arches:
         raise unknown_name_error("torchvision model", params.arch, arches)
-    require_local_pretrained(params.pretrained, params.weights, "torchvision")
-    resolution = params.input_size or image_size
+    hub_weights = torchvision_weights(params.arch, params.pretrained) if isinstance(params.pretrained, str) else None
+    input_size = params.input_size
     kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes, **CONSTRUCTOR_OVERRIDES.get(params.arch, {})}
+    if hub_weights is not None:
+        kwargs.update(PRETRAINED_OVERRIDES.get(params.arch, {}))
+        input_size = _pretrained_input_size(params, hub_weights)
+    resolution = input_size or image_size
     if params.arch.startswith("vit_"):
         kwargs["image_size"] = resolution  # its position embeddings are built for one resolution
     body = tvm.get_model(params.arch, **kwargs)
-    if params.weights:
+    source = None
+    if hub_weights is not None:
+        source = _load_torchvision_weights(body, params, hub_weights)
+    elif params.weights:
         head = [final_layer_path(body)] if params.pretrained else []
-        load_weights(body, params.weights, replaceable_head=head)
+        source = load_weights(body, params.weights, replaceable_head=head)
     return Network(
         body,
         num_classes=num_classes,
-        input_size=params.input_size,
+        input_size=input_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        weights_source=source,
         **torchvision_taps(body, resolution),
     )
+
+
+def _pretrained_input_size(params: TorchvisionParams, weights: Any) -> int | None:
+    """ViT weights fit one resolution (their position embeddings): the weights', unless input_size says another."""
+    if not params.arch.startswith("vit_"):
+        return params.input_size
+    size = weights.meta["min_size"][0]
+    if params.input_size not in (None, size):
+        raise KdzooError(
+            f"torchvision model '{params.arch}': weights {weights_id(weights)} are for {size}x{size} images; "
+            f"set input_size to {size} or leave it unset (got {params.input_size})"
+        )
+    return size
+
+
+def _load_torchvision_weights(body: nn.Module, params: TorchvisionParams, weights: Any) -> dict[str, Any]:
+    """Load a torchvision weights enum member into ``body`` through torchvision's cache, the classifier
+    replaced when its size differs; returns what the manifest records (enum, URL, sha256)."""
+    model = f"torchvision model '{params.arch}'"
+    locate_torchvision(params, download=False)  # offline and not cached: say so before torch tries to download
+    try:
+        # weights_only: the cached file is unpickled as tensors only, whoever put it there.
+        state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise KdzooError(f"{model}: cannot load weights {weights_id(weights)} ({weights.url}): {one_line(exc)}") from exc
+    state = _torchvision_state_fixes(params.arch, state)
+    load_state(body, state, weights_id(weights), replaceable_head=[final_layer_path(body)])
+    # Now cached: the manifest gets the file's sha256.
+    return manifest_source(locate_url(model, weights.url, download=False, hub="torchvision", weights_id=weights_id(weights)))
+
+
+def _torchvision_state_fixes(arch: str, state: dict[str, Any]) -> dict[str, Any]:
+    """What torchvision's own builders do to a state dict before loading it."""
+    fixed = state
+    if arch.startswith("densenet"):
+        # Old checkpoints name layers 'norm.1'; torchvision renames them on load (densenet._load_state_dict).
+        fixed = {DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in fixed.items()}
+    if arch in CONSTRUCTOR_OVERRIDES:
+        # Built without auxiliary heads (see CONSTRUCTOR_OVERRIDES): their weights have no place.
+        fixed = {key: value for key, value in fixed.items() if not key.startswith(AUX_HEAD_PREFIXES)}
+    return with_metadata(fixed, state)
 
 
 def final_layer_path(body: nn.Module) -> str:

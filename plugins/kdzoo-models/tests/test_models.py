@@ -127,7 +127,7 @@ def test_params_are_validated_before_building(registry):
         registry.get("model", "cifar-resnet").validate_params({"depth": 21})
     with pytest.raises(ValidationError, match="num_classes"):
         registry.get("model", "timm").validate_params({"kwargs": {"num_classes": 3}})
-    with pytest.raises(ValidationError, match="not both"):
+    with pytest.raises(ValidationError, match="not model_dir and config"):
         registry.get("model", "hf").validate_params({"model_dir": "x", "config": TINY_VIT_HF})
     with pytest.raises(ValidationError, match="model_type"):
         registry.get("model", "hf").validate_params({"config": {"hidden_size": 8}})
@@ -321,7 +321,14 @@ def test_unknown_arch_suggests_close_names(registry, name, arch, suggestion):
         build(registry, name, {"arch": arch})
 
 
-@pytest.mark.parametrize("name", ["torchvision", "timm"])
-def test_pretrained_without_local_weights_is_a_clear_error(registry, name):
-    with pytest.raises(KdzooError, match="cannot be downloaded.*`weights`"):
-        build(registry, name, {"pretrained": True})
+def test_torchvision_pretrained_true_without_a_file_asks_for_a_weights_name(registry):
+    # pretrained: true keeps meaning "the local file is pretrained"; torchvision's own weights are named.
+    with pytest.raises(ValidationError, match="pretrained: DEFAULT or pretrained: IMAGENET1K_V1"):
+        build(registry, "torchvision", {"pretrained": True})
+
+
+def test_hub_revision_needs_hub_weights(registry):
+    with pytest.raises(ValidationError, match="revision pins hub weights"):
+        build(registry, "timm", {"arch": "test_resnet", "revision": "main"})
+    with pytest.raises(ValidationError, match="give one of model_id, model_dir, config, not model_id and config"):
+        build(registry, "hf", {"model_id": "org/name", "config": TINY_VIT_HF})
