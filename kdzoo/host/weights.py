@@ -57,17 +57,20 @@ def model_refs(runs: Sequence[tuple[str, Any]]) -> list[ModelUse]:
         def add(path: str, ref: Any, arm: str | None = arm) -> None:
             uses.append(ModelUse(arm, path, ref.name, dict(ref.params)))
 
-        if getattr(spec, "model", None) is not None:
-            add("model", spec.model)
-        if getattr(spec, "student", None) is not None:
-            add("student.model", spec.student.model)
-        for teacher in getattr(spec, "teachers", None) or ():
-            if teacher.train is not None:
-                add(f"teachers[{teacher.name}].train.model", teacher.train.model)
-            elif teacher.checkpoint is not None:
-                _, manifest = rundir.resolve_checkpoint(teacher.checkpoint)  # validated when the spec loaded
-                model = manifest.get("model") or {}
-                uses.append(ModelUse(arm, f"teachers[{teacher.name}].checkpoint", model.get("name", ""), dict(model.get("params") or {})))
+        def walk(spec: Any, where: str, arm: str | None = arm) -> None:  # a distilled teacher: its student and teachers
+            if getattr(spec, "model", None) is not None:
+                add(f"{where}model", spec.model)
+            if getattr(spec, "student", None) is not None:
+                add(f"{where}student.model", spec.student.model)
+            for teacher in getattr(spec, "teachers", None) or ():
+                if teacher.train is not None:
+                    walk(teacher.train, f"{where}teachers[{teacher.name}].train.")
+                elif teacher.checkpoint is not None:
+                    _, manifest = rundir.resolve_checkpoint(teacher.checkpoint)  # validated when the spec loaded
+                    model = manifest.get("model") or {}
+                    uses.append(ModelUse(arm, f"{where}teachers[{teacher.name}].checkpoint", model.get("name", ""), dict(model.get("params") or {})))
+
+        walk(spec, "")
     return uses
 
 

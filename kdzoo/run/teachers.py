@@ -60,7 +60,7 @@ def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network
     return network, manifest
 
 
-def teacher_dir(spec: TrainSpec) -> Path:
+def teacher_dir(spec: TrainSpec | DistillSpec) -> Path:
     """Content-addressed home of an inline teacher: the same sub-spec is trained once.
 
     The key is the normalised spec (every default filled in, see ``validate_spec``), so a
@@ -75,7 +75,7 @@ def teacher_dir(spec: TrainSpec) -> Path:
     return rundir.teacher_cache_dir(spec.output_dir) / f"{spec.name or 'teacher'}-{digest}"
 
 
-def cached_teacher(name: str, spec: TrainSpec, path: Path, train: Callable[[TrainSpec, Path], Any], log: Log) -> None:
+def cached_teacher(name: str, spec: TrainSpec | DistillSpec, path: Path, train: Callable[[Any, Path], Any], log: Log) -> None:
     """Make ``path`` a finished teacher: reuse it, or train it and publish it.
 
     Under a file lock, so a second process that needs the same teacher waits for the
@@ -98,7 +98,8 @@ def cached_teacher(name: str, spec: TrainSpec, path: Path, train: Callable[[Trai
             log(f"teacher {name}: reusing {path}")
             return
         partial = rundir.teacher_partial_dir(path)
-        log(f"teacher {name}: training {spec.model.name} with {spec.augmentation.name} augmentation -> {path}")
+        how = f"training {spec.model.name}" if isinstance(spec, TrainSpec) else f"distilling {spec.student.model.name} from {', '.join(t.name for t in spec.teachers)}"
+        log(f"teacher {name}: {how} with {spec.augmentation.name} augmentation -> {path}")
         train(spec, partial)
         if distributed.is_main():
             if path.exists():  # not finished, so not published by this protocol: keep it aside

@@ -13,33 +13,47 @@ from kdzoo.errors import did_you_mean
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec model class found by following ``loc`` from ``model`` (list indices skipped)."""
-    for part in loc:
+    """The spec model class found by following ``loc`` from ``model`` (list indices skipped;
+    a union tagged by ``kind``, an inline teacher's spec, follows the tag in ``loc``)."""
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         if isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        candidates = [field.annotation]
-        found = None
+        found, candidates = [], [field.annotation]
         while candidates:
             tp = candidates.pop()
             if isinstance(tp, type) and issubclass(tp, BaseModel):
-                found = tp
-                break
-            candidates.extend(typing.get_args(tp))
-        if found is None:
+                found.append(tp)
+            else:
+                candidates.extend(typing.get_args(tp))
+        if not found:
             return None
-        model = found
+        tagged = [m for m in found if parts and "kind" in m.model_fields and m.model_fields["kind"].default == parts[0]]
+        if tagged:
+            parts.pop(0)
+        model = (tagged or found)[0]
     return model
 
 
+INLINE_TAGS = {"train", "distill"}  # pydantic puts an inline teacher's kind in the path: teachers.0.train.distill...
+
+
+def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(part for i, part in enumerate(loc) if not (i and loc[i - 1] == "train" and part in INLINE_TAGS))
+
+
 def describe_error(error: dict[str, Any], prefix: str, root: type[BaseModel] | None = None) -> str:
+    tagged_loc = tuple(error["loc"])
+    error = {**error, "loc": _without_tags(tagged_loc)}
     loc = ".".join(str(part) for part in error["loc"])
     where = ".".join(p for p in (prefix, loc) if p) or "(top level)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        parent = _model_at(root, tuple(error["loc"][:-1])) if root else None
+        parent = _model_at(root, tagged_loc[:-1]) if root else None
         allowed = sorted(parent.model_fields) if parent else []
         key = str(error["loc"][-1])
         message = f"unknown key '{key}'{did_you_mean(key, allowed)}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")

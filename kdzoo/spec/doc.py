@@ -25,7 +25,11 @@ may be written as a bare name (`augmentation: weak`).
 the product of all values, one run ("arm") each, run in `OUTPUT_DIR/NAME/arms/ARM`.
 Inline teachers inherit {inherited} from their distill spec unless they set them, take the
 seed `1000 * seed + index + 1` unless they set one, and are trained once per content
-(cached in `OUTPUT_DIR/teachers/`).
+(cached in `OUTPUT_DIR/teachers/`). An inline teacher may itself be distilled
+(`train: {kind: distill, student: ..., teachers: [...]}`): a teacher-assistant chain
+(TAKD: big teacher -> assistant -> student) or born-again generations (BAN: each
+generation distils from the one before) is one spec, each link trained once, inside out,
+and passing the inherited fields on to its own teachers.
 
 This page is generated from the code (`python -m kdzoo.spec.doc`).
 """
@@ -34,6 +38,8 @@ This page is generated from the code (`python -m kdzoo.spec.doc`).
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a tagged union's members: the types, not the tags
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

@@ -91,6 +91,8 @@ def validate_spec(data: dict[str, Any], registry: Registry | None, source: str =
 
 
 def _inherit_teacher_defaults(spec: DistillSpec) -> None:
+    """Inline teachers take the fields they do not set from the spec that distils from them;
+    a distilled teacher (a chain) passes them on to its own teachers in turn."""
     for index, teacher in enumerate(spec.teachers):
         if teacher.train is None:
             continue
@@ -101,6 +103,8 @@ def _inherit_teacher_defaults(spec: DistillSpec) -> None:
             # Distinct teachers of one run differ by seed; a run's seed moves them all.
             teacher.train.seed = spec.seed * 1000 + index + 1
         teacher.train.name = teacher.train.name or teacher.name
+        if isinstance(teacher.train, DistillSpec):
+            _inherit_teacher_defaults(teacher.train)
 
 
 def load_spec(

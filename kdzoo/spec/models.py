@@ -11,14 +11,16 @@ from __future__ import annotations
 import importlib.util
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     ValidationError,
     ValidationInfo,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -269,7 +271,11 @@ INHERITED_BY_TEACHERS = ("data", "device", "precision", "channels_last", "thread
 class TeacherSpec(StrictModel):
     name: str = Field(pattern=IDENTIFIER_PATTERN, max_length=MAX_NAME_LENGTH, description="role name used in metric keys (e.g. t1)")
     checkpoint: Path | None = Field(None, description="a kdzoo checkpoint (.safetensors, its .json, or a run dir)")
-    train: TrainSpec | None = Field(None, description="an inline train spec, trained first (and cached by content)")
+    train: InlineSpec | None = Field(
+        None,
+        description="an inline spec, run first and cached by content: trained (kind: train, the default), or itself "
+        "distilled (kind: distill: a teacher assistant (TAKD), an earlier born-again generation (BAN))",
+    )
     augmentation: AugmentationRef | None = Field(
         None, description="this teacher's own view at distillation (teacher_views: own); default: its train augmentation"
     )
@@ -283,7 +289,7 @@ class TeacherSpec(StrictModel):
 
     @field_validator("train")
     @classmethod
-    def _not_tracked(cls, train: TrainSpec | None) -> TrainSpec | None:
+    def _not_tracked(cls, train: RunSpec | None) -> RunSpec | None:
         if train is not None and train.tracking:  # refused, not silently dropped
             raise PydanticCustomError("teacher_tracking", "tracking: an inline teacher is trained once into the teacher cache "
                                       "and is not tracked; set tracking on the distill run", {})
@@ -346,6 +352,19 @@ class DistillSpec(RunSpec):
             raise PydanticCustomError("teacher_names", "teacher names must be unique and not 'student': {d}", {"d": duplicates})
         return teachers
 
+
+def _inline_kind_of(value: Any) -> str | None:
+    return value.get("kind", "train") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+# An inline teacher is trained (kind: train) or itself distilled (kind: distill): chosen by
+# its kind, so an invalid one reports the errors of its own kind only.
+InlineSpec = Annotated[
+    Annotated[TrainSpec, Tag("train")] | Annotated[DistillSpec, Tag("distill")],
+    Discriminator(_inline_kind_of),
+]
+
+TeacherSpec.model_rebuild()  # an inline teacher may itself be a DistillSpec (teacher chains)
 
 SPEC_KINDS: dict[str, type[RunSpec]] = {"train": TrainSpec, "distill": DistillSpec}
 AnySpec = TrainSpec | DistillSpec
