@@ -181,6 +181,30 @@ class KDSVDParams(_TappedParams):
     )
 
 
+class MGDParams(_TappedParams):
+    mask_ratio: float = Field(
+        0.15, ge=0, lt=1, description="share of the aligned student feature masked at random each step (lambda_mgd)"
+    )
+    mask: Literal["channel", "spatial"] = Field(
+        "channel",
+        description="'channel': whole channels masked (the authors' classification code); 'spatial': pixels masked "
+        "across all channels (their detection / segmentation code)",
+    )
+
+
+class CWDParams(_TappedParams):
+    temperature: float = Field(1.0, gt=0, description="softmax temperature tau of each channel's spatial distribution")
+
+
+class SRDParams(_SingleLayerParams):
+    exponent: float = Field(4.0, gt=0, description="power alpha of |normalised difference| inside log(sum ...)")
+    bn_eps: float = Field(1e-4, gt=0, description="epsilon of the parameter-free batch normalisation of both embeddings")
+
+
+class PEFDParams(_SingleLayerParams):
+    num_projectors: int = Field(3, ge=1, le=16, description="linear + ReLU projectors whose outputs are averaged")
+
+
 # name -> (module:Class, params model, description)
 LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
     "fitnet": ("hint:FitNetLoss", FitNetParams, "FitNets hint: MSE between regressed student and teacher features (Romero et al. 2015)"),
@@ -200,6 +224,10 @@ LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
     "simkd": ("hint:SimKDLoss", SimKDParams, "SimKD projector feature alignment (Chen et al. 2022)"),
     "ickd": ("gram:InterChannelCorrelationLoss", ICKDParams, "Inter-channel correlation matrices (Liu et al. 2021)"),
     "kdsvd": ("gram:SVDLoss", KDSVDParams, "Self-supervised KD with SVD: RBF relations of singular vectors (Lee et al. 2018)"),
+    "mgd": ("generative:MaskedGenerativeLoss", MGDParams, "Masked generative distillation: regenerate the teacher map from a masked student map (Yang et al. 2022)"),
+    "cwd": ("channel:ChannelWiseLoss", CWDParams, "Channel-wise distillation: KL of each channel's spatial softmax (Shu et al. 2021)"),
+    "srd": ("projector:ProjectorDistillationLoss", SRDParams, "Projector + batch-norm + log-sum distance on embeddings (Miles & Mikolajczyk 2024)"),
+    "pefd": ("projector:ProjectorEnsembleLoss", PEFDParams, "Projector-ensemble feature distillation, cosine distance (Chen et al. 2022)"),
 }
 
 

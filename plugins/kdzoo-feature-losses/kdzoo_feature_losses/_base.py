@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from kdzoo.api import DistillBatch, Loss, ModelOutputs, Network, SetupContext
 from kdzoo.api.connectors import as_embedding, as_feature_map, embedding_shape, feature_map_shape
+from kdzoo_feature_losses._math import resize_to
 
 #: "second_stage": the second declared stage (the last when only one is declared), where
 #: RepDistiller / mdistiller place FitNets' hint (their ``hint_layer = 2``, counting the stem)
@@ -192,3 +193,20 @@ class LayerwiseLoss(TappedLoss):
 
     def layer_loss(self, student: Tensor, teacher: Tensor, module: nn.Module) -> Tensor:
         raise NotImplementedError
+
+
+class PlainAligner(nn.Module):
+    """The student-side ``align`` of MGD's and CWD's references: a 1x1 conv with bias and no
+    norm, only when the channel counts differ (identity otherwise), then a bilinear resize to
+    the teacher's spatial size when that differs (the references require equal sizes)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, output_size: tuple[int, int]):
+        super().__init__()
+        if student_channels == teacher_channels:
+            self.align: nn.Module = nn.Identity()
+        else:
+            self.align = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        self.output_size = output_size
+
+    def forward(self, student: Tensor) -> Tensor:
+        return resize_to(self.align(student), self.output_size)

@@ -16,12 +16,15 @@ from kdzoo.api.connectors import count_parameters
 from kdzoo_feature_losses import LOSSES
 
 NAMES = sorted(LOSSES)
-EXPECTED = {"fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "nst", "ft", "ab", "fsp", "crd", "reviewkd", "ofd", "simkd", "ickd", "kdsvd"}
+EXPECTED = {
+    "fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "nst", "ft", "ab", "fsp", "crd", "reviewkd", "ofd", "simkd", "ickd", "kdsvd",
+    "mgd", "cwd", "srd", "pefd",
+}
 DEFAULT_TAPS = {
     "second_stage": {"fitnet"},  # of the tiny CNNs' two stages: stage2 (see test_reference_conventions.py)
-    "last_stage": {"sp", "ft", "simkd", "ickd"},
+    "last_stage": {"sp", "ft", "simkd", "ickd", "mgd", "cwd"},
     "all_stages": {"at", "ab", "fsp", "reviewkd", "ofd", "kdsvd", "vid", "nst"},
-    "embedding": {"cc", "rkd", "pkt", "crd"},
+    "embedding": {"cc", "rkd", "pkt", "crd", "srd", "pefd"},
 }
 
 
@@ -106,7 +109,7 @@ def test_vit_token_maps_become_grids(harness):
     assert_close(from_tokens(), from_grid())
 
 
-@pytest.mark.parametrize("name", ["at", "nst", "fitnet", "ofd", "reviewkd", "fsp"])
+@pytest.mark.parametrize("name", ["at", "nst", "fitnet", "ofd", "reviewkd", "fsp", "mgd", "cwd"])
 def test_unusable_token_maps_are_rejected_in_setup(harness, name):
     student = {"s1": torch.randn(4, 8, 4, 4), "s2": torch.randn(4, 8, 2, 2)}
     teacher = {"t1": torch.randn(4, 6, 4, 4), "t2": torch.randn(4, 11, 6)}  # 11 and 10 tokens: no square grid
