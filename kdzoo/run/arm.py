@@ -92,7 +92,7 @@ class Arm:
         registry, data, device, teachers = host.registry, inputs.data, inputs.runtime.device, inputs.teachers
         self.model_ref = spec.model if isinstance(spec, TrainSpec) else spec.student.model
         self.role = trained_role(spec.kind)
-        torch.manual_seed(spec.seed)  # model initialisation
+        torch.manual_seed(spec.seed if spec.init_seed is None else spec.init_seed)  # model initialisation
         self.network = build_model(registry, self.model_ref.name, self.model_ref.params, num_classes=data.num_classes, image_size=data.image_size)
         self.augmentation_component = registry.get("augmentation", spec.augmentation.name)
         self.augmentation = build_augmentation(registry, spec.augmentation.name, spec.augmentation.params)

@@ -196,6 +196,12 @@ class RunSpec(StrictModel):
 
     name: str | None = Field(None, pattern=IDENTIFIER_PATTERN, max_length=MAX_NAME_LENGTH, description="run name (default: the spec file name)")
     seed: int = Field(0, ge=0, description="seeds model init, data order and augmentation")
+    init_seed: int | None = Field(
+        None, ge=0, exclude_if=lambda value: value is None,
+        description="seeds the trained model's initialisation alone (default: seed); arms that differ only in it share "
+        "data order and augmentation and train fused: students of one architecture that start apart, as mutual learning "
+        "needs. Left out of the resolved spec while unset",
+    )
     epochs: int = Field(10, ge=1, le=100000, description="passes over the training set")
     batch_size: int = Field(128, ge=1, le=65536, description="training batch size")
     data: DataSpec = Field(default_factory=DataSpec, description="dataset component and fixed subsets")

@@ -3,24 +3,38 @@
 Label and logit-based training objectives. Each component computes only its own
 term; the spec combines them as a weighted sum (e.g. ``ce: 0.4`` + ``kd: 0.6``), so no
 loss here mixes in cross-entropy itself. The implementations live in
-``kdzoo_losses.label`` (label-only), ``kdzoo_losses.logit`` (teacher logits) and
-``kdzoo_losses.ctkd`` (learnable temperature); factory strings point there so torch is
-imported only when a loss is built.
+``kdzoo_losses.label`` (label-only), ``kdzoo_losses.logit`` (teacher logits),
+``kdzoo_losses.ctkd`` (learnable temperature), ``kdzoo_losses.soft_labels`` (WSLD,
+NormKD), ``kdzoo_losses.refined`` (RLD), ``kdzoo_losses.multilevel`` (MLKD),
+``kdzoo_losses.selfkd`` (CS-KD) and ``kdzoo_losses.cam`` (SDD, CAT-KD: the ``cam`` head);
+factory strings point there so torch is imported only when a loss is built. The params
+models of the later ones are in ``kdzoo_losses.params`` (torch-free too).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from kdzoo import hookimpl
+from kdzoo.api import Params
+from kdzoo_losses.params import (
+    CATKDParams,
+    CSKDParams,
+    DMLParams,
+    MLKDParams,
+    NormKDParams,
+    RLDParams,
+    SDDParams,
+    WSLDParams,
+)
 
-KDZOO_PLUGIN_API = (1, 0)
+KDZOO_PLUGIN_API = (1, 2)  # Params (1.1); dml reads the peers of a fused pass (1.2)
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Params(Params):
+    """Base of the params models below: unknown keys refused, defaults validated."""
 
 
 class CrossEntropyParams(_Params):
@@ -187,6 +201,46 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
         "kdzoo_losses.ctkd:CTKD",
         CTKDParams,
         "Curriculum temperature KD (Li et al. 2023): learnable temperature trained through gradient reversal.",
+    ),
+    "wsld": (
+        "kdzoo_losses.soft_labels:WSLD",
+        WSLDParams,
+        "Weighted soft labels (Zhou et al. 2021): KD weighted per sample by the student/teacher CE ratio.",
+    ),
+    "normkd": (
+        "kdzoo_losses.soft_labels:NormKD",
+        NormKDParams,
+        "Normalized KD (Chi et al. 2023): per-sample temperature T_norm * std of the logits.",
+    ),
+    "rld": (
+        "kdzoo_losses.refined:RLD",
+        RLDParams,
+        "Refined logit distillation (Sun et al. 2025): sample confidence + masked class correlation.",
+    ),
+    "mlkd": (
+        "kdzoo_losses.multilevel:MLKD",
+        MLKDParams,
+        "Multi-level logit distillation (Jin et al. 2023): instance, batch and class alignment, one view.",
+    ),
+    "cskd": (
+        "kdzoo_losses.selfkd:ClassWiseSelfKD",
+        CSKDParams,
+        "Class-wise self-KD (Yun et al. 2020): KL to the model's own prediction on a same-class sample.",
+    ),
+    "sdd": (
+        "kdzoo_losses.cam:SDD",
+        SDDParams,
+        "Scale-decoupled distillation (Wei et al. 2024): KD/DKD on multi-scale pooled region logits (cam head).",
+    ),
+    "catkd": (
+        "kdzoo_losses.cam:CATKD",
+        CATKDParams,
+        "Class attention transfer KD (Guo et al. 2023): MSE of pooled class activation maps (cam head).",
+    ),
+    "dml": (
+        "kdzoo_losses.mutual:DeepMutualLearningLoss",
+        DMLParams,
+        "Deep mutual learning (Zhang et al. 2018): students of a fused pass learn from each other's predictions.",
     ),
 }
 

@@ -61,3 +61,13 @@ def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def full_precision(like: Tensor):
+    """A context where autocast is off on ``like``'s device: matrix products in it run in fp32.
+
+    Autocast runs matmul / linear / einsum in bf16 even on fp32 inputs, which the losses'
+    Gram matrices and KL-by-product terms cannot afford (a cancelling difference of two
+    bf16 products can even turn a KL negative).
+    """
+    return torch.autocast(device_type=like.device.type, enabled=False)
