@@ -158,6 +158,9 @@ def make_distill_batch(
 ) -> DistillBatch:
     """One training step's :class:`kdzoo.api.DistillBatch`, prepared the way the engine does it.
 
+    A loss with ``uses_peers`` gets one peer student (``batch.peers["peer"]``): a copy of
+    ``student`` with perturbed weights, run on the same images without gradients.
+
     Asks ``loss.taps`` for module paths, runs ``loss.setup`` with the tapped shapes
     (skip with ``setup=False`` for later steps), freezes the teachers and runs them
     without gradients, then runs the student (train mode) with gradients.
@@ -210,6 +213,15 @@ def make_distill_batch(
             ModelOutputs(_as_grad_leaf(out.logits), {path: _as_grad_leaf(t) for path, t in out.features.items()})
             for out in teacher_outputs
         ]
+    peers = {}
+    if getattr(loss, "uses_peers", False):  # another student of the same pass: a perturbed copy, detached
+        peer = copy.deepcopy(student)
+        with torch.no_grad():
+            noise = _generator(seed + 3)
+            for parameter in peer.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=noise) * 0.1)
+            peer_logits, peer_features = _forward_with_taps(peer, images.detach(), student_paths)
+        peers["peer"] = ModelOutputs(peer_logits, peer_features)
     logits, features = _forward_with_taps(student, images, student_paths)
     return DistillBatch(
         student=ModelOutputs(logits, features),
@@ -221,6 +233,7 @@ def make_distill_batch(
         epochs=epochs,
         step=step,
         steps=steps,
+        peers=peers,
     )
 
 

@@ -40,6 +40,11 @@ class NeedsConfiguration(Exception):
     """The factory refused these params with a KdzooError (e.g. it needs a data folder)."""
 
 
+class NeedsNetworks(NeedsConfiguration):
+    """The loss's taps refused the tiny test networks (e.g. deit needs a distillation head):
+    reported as not run, not as a failure."""
+
+
 def build(component: Component, params: Any, **context: Any) -> Any:
     """``component`` built by its kind's function of :mod:`kdzoo.host.build`."""
     returned: list[Any] = []
@@ -79,8 +84,13 @@ def _loss_value(component: Component, params: Any, student: Any, teachers: Any, 
     from kdzoo.testing import make_distill_batch
 
     loss = build(component, params)
-    with plugin_code(component, "taps and setup"):
-        step = make_distill_batch(loss, student, teachers, **batch)
+    try:
+        with plugin_code(component, "taps and setup"):
+            step = make_distill_batch(loss, student, teachers, **batch)
+    except ComponentError:
+        raise
+    except KdzooError as exc:  # the loss refused the networks on purpose, e.g. deit needs a distillation head
+        raise NeedsNetworks(str(exc)) from exc
     with plugin_code(component, "forward"):
         output = loss(step)
     _finite_scalar(output, what)
@@ -315,7 +325,7 @@ def smoke(component: Component, checks: Checks, params: dict[str, Any] | None = 
             torch.manual_seed(0)
             detail = SMOKE[component.kind](component, params)
     except NeedsConfiguration as exc:
-        if component.kind in CONFIGURABLE_KINDS:
+        if component.kind in CONFIGURABLE_KINDS or isinstance(exc, NeedsNetworks):
             which = "its default params need" if params is None else "these params need"
             checks.add("smoke", subject, SKIP, f"not run: {which} configuration ({exc})")
         else:

@@ -137,7 +137,18 @@ class CRDParams(_SingleLayerParams):
 
 
 class ReviewKDParams(_TappedParams):
-    mid_channels: int = Field(64, ge=1, le=2048, description="width of the attention-based fusion (ABF) path")
+    levels: Literal["stages_and_embedding", "stages"] = Field(
+        "stages_and_embedding",
+        description="'stages_and_embedding': the stage maps plus the network's pooled embedding as a 1x1 map, "
+        "the deepest level (mdistiller / the authors' code); 'stages': the stage maps only",
+    )
+    mid_channels: int | None = Field(
+        None,
+        ge=1,
+        le=2048,
+        description="width of the attention-based fusion (ABF) path; unset = min(512, channels of the "
+        "deepest student level), as the reference",
+    )
     pool_sizes: list[PositiveInt] = Field(
         [4, 2, 1], description="HCL pyramid levels (pooled to s x s, weights halving per level)"
     )

@@ -397,39 +397,7 @@ def test_crd_clips_negatives_and_fixes_the_normaliser(harness):
     assert {"student_memory", "teacher_memory", "normalizers"} <= set(dict(heads.named_buffers()))
 
 
-# --------------------------------------------------------------------------- ReviewKD
-def explicit_hcl(s, t, sizes=(4, 2, 1)):
-    loss, weight, total = ((s - t) ** 2).mean(), 1.0, 1.0
-    for size in sizes:
-        if size >= t.shape[-1]:
-            continue
-        weight /= 2
-        loss = loss + weight * ((block_mean(s, size) - block_mean(t, size)) ** 2).mean()
-        total += weight
-    return loss / total
-
-
-def test_reviewkd_fuses_deep_to_shallow_and_sums_hcl(harness):
-    student = {"s1": randn(4, 8, 4, 4, seed=1), "s2": randn(4, 16, 2, 2, seed=2)}
-    teacher = {"t1": randn(4, 6, 4, 4, seed=3), "t2": randn(4, 12, 2, 2, seed=4)}
-    run = harness.on_features("reviewkd", student, [teacher], params={"mid_channels": 5, "warmup_epochs": 0})
-    run.loss.eval()
-    shallow, deep = run.modules()
-    assert deep.attention is None and shallow.attention is not None
-    deep_fused = deep.reduce(student["s2"])
-    deep_out = deep.output(deep_fused)
-    fused = shallow.reduce(student["s1"])
-    upsampled = deep_fused.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest 2x2 -> 4x4
-    weights = torch.sigmoid(
-        conv1x1(shallow.attention[0].weight[:, :, 0, 0], torch.cat([fused, upsampled], 1)) + shallow.attention[0].bias.view(1, -1, 1, 1)
-    )
-    shallow_out = shallow.output(fused * weights[:, 0:1] + upsampled * weights[:, 1:2])
-    expected = explicit_hcl(shallow_out, teacher["t1"]) + explicit_hcl(deep_out, teacher["t2"])
-    assert_close(run(), expected)
-    # the HCL weights by hand for a 4x4 level: (mse + mse_2x2 / 2 + mse_1x1 / 4) / 1.75
-    a, b = randn(1, 1, 4, 4, seed=7), randn(1, 1, 4, 4, seed=8)
-    by_hand = (((a - b) ** 2).mean() + ((block_mean(a, 2) - block_mean(b, 2)) ** 2).mean() / 2 + ((a.mean() - b.mean()) ** 2) / 4) / 1.75
-    assert_close(explicit_hcl(a, b), by_hand)
+# ReviewKD: see test_reviewkd.py
 
 
 # --------------------------------------------------------------------------- OFD

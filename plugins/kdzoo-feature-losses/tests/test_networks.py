@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 from kdzoo.api import Loss
 from kdzoo.api.connectors import count_parameters
+from kdzoo.host.loading import load_plugins
 from kdzoo_feature_losses import LOSSES
 
 NAMES = sorted(LOSSES)
@@ -23,7 +24,8 @@ EXPECTED = {
 DEFAULT_TAPS = {
     "second_stage": {"fitnet"},  # of the tiny CNNs' two stages: stage2 (see test_reference_conventions.py)
     "last_stage": {"sp", "ft", "simkd", "ickd", "mgd", "cwd"},
-    "all_stages": {"at", "ab", "fsp", "reviewkd", "ofd", "kdsvd", "vid", "nst"},
+    "all_stages": {"at", "ab", "fsp", "ofd", "kdsvd", "vid", "nst"},
+    "stages_and_embedding": {"reviewkd"},  # mdistiller's ReviewKD: the stages plus the pooled feature
     "embedding": {"cc", "rkd", "pkt", "crd", "srd", "pefd"},
 }
 
@@ -66,7 +68,13 @@ def test_setup_and_forward_on_tiny_networks(harness, name):
 
     student_taps, teacher_taps = run.taps[0]
     kind = next(k for k, names in DEFAULT_TAPS.items() if name in names)
-    expected = {"second_stage": ["stage2"], "last_stage": ["stage2"], "all_stages": ["stage1", "stage2"], "embedding": ["pool"]}[kind]
+    expected = {
+        "second_stage": ["stage2"],
+        "last_stage": ["stage2"],
+        "all_stages": ["stage1", "stage2"],
+        "stages_and_embedding": ["stage1", "stage2", "pool"],
+        "embedding": ["pool"],
+    }[kind]
     assert student_taps == expected and teacher_taps == expected
 
     loss = run.loss(run.batch())
@@ -111,8 +119,9 @@ def test_vit_token_maps_become_grids(harness):
 
 @pytest.mark.parametrize("name", ["at", "nst", "fitnet", "ofd", "reviewkd", "fsp", "mgd", "cwd"])
 def test_unusable_token_maps_are_rejected_in_setup(harness, name):
-    student = {"s1": torch.randn(4, 8, 4, 4), "s2": torch.randn(4, 8, 2, 2)}
-    teacher = {"t1": torch.randn(4, 6, 4, 4), "t2": torch.randn(4, 11, 6)}  # 11 and 10 tokens: no square grid
+    # embeddings "e" for reviewkd's pooled level (the map-only losses ignore them)
+    student = {"s1": torch.randn(4, 8, 4, 4), "s2": torch.randn(4, 8, 2, 2), "e": torch.randn(4, 8)}
+    teacher = {"t1": torch.randn(4, 6, 4, 4), "t2": torch.randn(4, 11, 6), "e": torch.randn(4, 6)}  # 11 and 10 tokens: no square grid
     with pytest.raises(ValueError, match=r"'t2'.*\(4, 11, 6\)"):
         harness.on_features(name, student, [teacher])
 
@@ -148,3 +157,37 @@ def test_connectors_live_in_the_state_dict(harness):
 def test_identity_connector_has_no_parameters(harness):
     run = harness.on_features("fitnet", {"s": torch.randn(4, 8, 4, 4)}, [{"t": torch.randn(4, 8, 4, 4)}], params={"connector": "auto"})
     assert isinstance(run.loss.per_teacher[0][0], nn.Identity) and count_parameters(run.loss) == 0
+
+
+@pytest.fixture(scope="module")
+def model_host():
+    patch = pytest.MonkeyPatch()
+    patch.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-models")
+    try:
+        return load_plugins()
+    finally:
+        patch.undo()
+
+
+def test_reviewkd_on_cifar_resnets_reviews_the_three_stages_and_the_pooled_feature(harness, model_host):
+    torch.manual_seed(0)
+
+    def cifar_resnet(depth, width):
+        return model_host.registry.build("model", "cifar-resnet", {"depth": depth, "width": width}, num_classes=10, image_size=32)
+
+    student, teacher = cifar_resnet(8, 64), cifar_resnet(14, 32)  # resnet8x4; a narrower teacher
+    run = harness.on_networks("reviewkd", student, [teacher], torch.rand(2, 3, 32, 32))
+    levels = ["layer1", "layer2", "layer3", "avgpool"]
+    assert run.taps[0] == (levels, levels)
+    fusions = run.loss.per_teacher[0]
+    # mdistiller's resnet8x4 setting: fusion width min(512, 256) = 256; the pooled level is 1x1 and not fused
+    assert [f.reduce[0].out_channels for f in fusions] == [256] * 4
+    assert [f.output[0].out_channels for f in fusions] == [32, 64, 128, 128]
+    assert [f.output_size for f in fusions] == [(32, 32), (16, 16), (8, 8), (1, 1)]
+    assert [f.attention is None for f in fusions] == [False, False, False, True]
+    loss = run.loss(run.batch())
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert student.body.layer1[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fusions.parameters())
+    assert all(p.grad is None for p in teacher.parameters())

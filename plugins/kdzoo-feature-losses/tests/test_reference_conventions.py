@@ -278,8 +278,8 @@ def test_crd_defaults_to_the_published_negatives(harness):
 
 
 def test_reviewkd_warms_up_over_20_epochs_counted_from_1(harness):
-    student = {"s1": randn(4, 8, 4, 4, seed=1), "s2": randn(4, 16, 2, 2, seed=2)}
-    teacher = {"t1": randn(4, 6, 4, 4, seed=3), "t2": randn(4, 12, 2, 2, seed=4)}
+    student = {"s1": randn(4, 8, 4, 4, seed=1), "s2": randn(4, 16, 2, 2, seed=2), "e": randn(4, 16, seed=5)}
+    teacher = {"t1": randn(4, 6, 4, 4, seed=3), "t2": randn(4, 12, 2, 2, seed=4), "e": randn(4, 12, seed=6)}
     run = harness.on_features("reviewkd", student, [teacher])
     full = harness.on_features("reviewkd", student, [teacher], params={"warmup_epochs": 0})
     full.loss.load_state_dict(run.loss.state_dict())

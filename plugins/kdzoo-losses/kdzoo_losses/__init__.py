@@ -2,11 +2,13 @@
 
 Label and logit-based training objectives. Each component computes only its own
 term; the spec combines them as a weighted sum (e.g. ``ce: 0.4`` + ``kd: 0.6``), so no
-loss here mixes in cross-entropy itself. The implementations live in
+loss here mixes in cross-entropy itself, except ``deit`` (``kdzoo_losses.deit``), whose
+objective holds its class-head CE and is used alone. The implementations live in
 ``kdzoo_losses.label`` (label-only), ``kdzoo_losses.logit`` (teacher logits),
 ``kdzoo_losses.ctkd`` (learnable temperature), ``kdzoo_losses.soft_labels`` (WSLD,
 NormKD), ``kdzoo_losses.refined`` (RLD), ``kdzoo_losses.multilevel`` (MLKD),
-``kdzoo_losses.selfkd`` (CS-KD) and ``kdzoo_losses.cam`` (SDD, CAT-KD: the ``cam`` head);
+``kdzoo_losses.selfkd`` (CS-KD), ``kdzoo_losses.cam`` (SDD, CAT-KD: the ``cam`` head) and
+``kdzoo_losses.mutual`` (DML: the peers of a fused pass);
 factory strings point there so torch is imported only when a loss is built. The params
 models of the later ones are in ``kdzoo_losses.params`` (torch-free too).
 """
@@ -22,6 +24,7 @@ from kdzoo.api import Params
 from kdzoo_losses.params import (
     CATKDParams,
     CSKDParams,
+    DeiTParams,
     DMLParams,
     MLKDParams,
     NormKDParams,
@@ -241,6 +244,11 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
         "kdzoo_losses.mutual:DeepMutualLearningLoss",
         DMLParams,
         "Deep mutual learning (Zhang et al. 2018): students of a fused pass learn from each other's predictions.",
+    ),
+    "deit": (
+        "kdzoo_losses.deit:DeiTDistillation",
+        DeiTParams,
+        "DeiT (Touvron et al. 2021): CE on the class head + hard/soft KD on the distillation-token head (used alone).",
     ),
 }
 

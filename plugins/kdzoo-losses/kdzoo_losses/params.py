@@ -116,3 +116,26 @@ class DMLParams(Params):
     temperature: float = Field(
         1.0, gt=0.0, description="Softmax temperature of both sides; the authors use 1 (T^2-scaled otherwise)."
     )
+
+
+class DeiTParams(Params):
+    distillation_type: Literal["hard", "soft"] = Field(
+        "hard",
+        description="'hard': CE of the distillation head against the teacher's argmax (DeiT's best); 'soft': "
+        "tau^2-scaled KL to the teacher at temperature tau.",
+    )
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the distillation term: (1 - alpha) * CE + alpha * distill (DeiT: 0.5)."
+    )
+    tau: float = Field(
+        1.0, gt=0.0, description="'soft' only: temperature (deit main.py default 1; the paper's soft runs: 3 with alpha 0.1)."
+    )
+    label_smoothing: float = Field(
+        0.1, ge=0.0, le=1.0, description="Label smoothing of the class head's CE (deit main.py --smoothing 0.1)."
+    )
+    class_head: str = Field("head", min_length=1, description="Student module path of the class-token head (timm: head).")
+    dist_head: str = Field(
+        "head_dist", min_length=1, description="Student module path of the distillation-token head (timm: head_dist)."
+    )
+
+    examples = ({"distillation_type": "soft", "tau": 3.0, "alpha": 0.1},)
