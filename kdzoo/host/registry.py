@@ -31,19 +31,27 @@ class Component:
     weights: Callable[..., Any] | str | None = None
 
     def resolve_factory(self) -> Callable[..., Any]:
-        if callable(self.factory):
-            return self.factory
-        module_name, _, attr = self.factory.partition(":")
+        return self.resolve(self.factory, "factory")
+
+    def resolve_weights(self) -> Callable[..., Any] | None:
+        """The model's weights function (``weights=``), or None."""
+        return None if self.weights is None else self.resolve(self.weights, "weights function")
+
+    def resolve(self, target: Callable[..., Any] | str, what: str) -> Callable[..., Any]:
+        """A callable given as itself or as ``"module:attribute"`` (imported now)."""
+        if callable(target):
+            return target
+        module_name, _, attr = target.partition(":")
         try:
-            target: Any = importlib.import_module(module_name)
+            found: Any = importlib.import_module(module_name)
             for part in attr.split("."):
-                target = getattr(target, part)
+                found = getattr(found, part)
         except (ImportError, AttributeError) as exc:
             raise PluginError(
-                f"plugin '{self.plugin}': {self.kind} '{self.name}' factory "
-                f"'{self.factory}' cannot be imported: {exc}"
+                f"plugin '{self.plugin}': {self.kind} '{self.name}' {what} "
+                f"'{target}' cannot be imported: {exc}"
             ) from exc
-        return target
+        return found
 
     def validate_params(self, params: dict[str, Any] | BaseModel | None) -> BaseModel:
         if isinstance(params, self.params):

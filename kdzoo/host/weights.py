@@ -14,7 +14,6 @@ Torch-free: the plugin's function is imported only for a spec whose models have 
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,23 +73,6 @@ def model_refs(runs: Sequence[tuple[str, Any]]) -> list[ModelUse]:
     return uses
 
 
-def _weights_function(component: Component) -> Callable[..., Any] | None:
-    target: Any = component.weights
-    if target is None or callable(target):
-        return target
-    module_name, _, attr = target.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(
-            f"plugin '{component.plugin}': model '{component.name}' weights function '{component.weights}' "
-            f"cannot be imported: {exc}"
-        ) from exc
-    return target
-
-
 def _grouped(uses: list[ModelUse], registry: Registry) -> list[tuple[Component, Any, list[ModelUse]]]:
     """The distinct (model, params) pairs whose component can locate weights, with every use of each."""
     groups: dict[tuple[str, str], tuple[Component, Any, list[ModelUse]]] = {}
@@ -110,7 +92,7 @@ def _places(uses: list[ModelUse]) -> str:
 
 
 def _locate(component: Component, params: Any, download: bool) -> dict[str, Any] | None:
-    locate = _weights_function(component)
+    locate = component.resolve_weights()
     with plugin_code(component, "its weights function"):
         source = locate(params, download=download)
     if source is not None and not isinstance(source, dict):

@@ -34,6 +34,18 @@ def describe_shape(shape: Any) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
 
+def map_shape(loss_name: str, shape: torch.Size, path: str, role: str) -> torch.Size:
+    """``(B, C, H, W)`` of a tapped feature map (a square token map counts), or an error
+    naming the loss, the layer and its shape."""
+    try:
+        return feature_map_shape(shape)
+    except ValueError as exc:
+        raise ValueError(
+            f"{loss_name} needs a spatial feature map (B, C, H, W) or a square token map at "
+            f"{role} layer '{path}', which has shape {describe_shape(shape)}: {exc}"
+        ) from None
+
+
 class TappedLoss(Loss):
     """A distillation loss over tapped features, computed per teacher.
 
@@ -109,13 +121,7 @@ class TappedLoss(Loss):
             return torch.Size(shape)
         if self.feature_kind == "embedding":
             return embedding_shape(shape)
-        try:
-            return feature_map_shape(shape)
-        except ValueError as exc:
-            raise ValueError(
-                f"{self.loss_name} needs a spatial feature map (B, C, H, W) or a square token map at "
-                f"{role} layer '{path}', which has shape {describe_shape(shape)}: {exc}"
-            ) from None
+        return map_shape(self.loss_name, shape, path, role)
 
     def setup(self, context: SetupContext) -> None:
         if not context.teachers:

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import DistillBatch, Network, SetupContext
-from kdzoo.api.connectors import as_embedding, as_feature_map, embedding_shape, feature_map_shape
+from kdzoo.api.connectors import as_embedding, as_feature_map, embedding_shape
 from kdzoo_feature_losses import ReviewKDParams
-from kdzoo_feature_losses._base import LayerPair, TappedLoss, describe_shape
+from kdzoo_feature_losses._base import LayerPair, TappedLoss, map_shape
 from kdzoo_feature_losses._math import hierarchical_context_loss
 
 #: the reference's fusion width is min(MAX_MID_CHANNEL, deepest student channels)
@@ -120,13 +120,7 @@ class ReviewKDLoss(TappedLoss):
         if pooled:
             batch, channels = embedding_shape(shape)
             return torch.Size((batch, channels, 1, 1))
-        try:
-            return feature_map_shape(shape)
-        except ValueError as exc:
-            raise ValueError(
-                f"{self.loss_name} needs a spatial feature map (B, C, H, W) or a square token map at "
-                f"{role} layer '{path}', which has shape {describe_shape(shape)}: {exc}"
-            ) from None
+        return map_shape(self.loss_name, shape, path, role)
 
     @staticmethod
     def as_level(x: Tensor, pooled: bool) -> Tensor:
