@@ -66,3 +66,19 @@ def test_a_bad_field_deep_in_a_chain_names_its_path_and_its_own_allowed_keys(tmp
     assert result.exit_code == 2
     assert "teachers.0.train.teachers.0.train.epoch: unknown key 'epoch' (did you mean 'epochs'?)" in result.output
     assert "model, name" in result.output and "student" not in result.output.split("allowed:")[1]  # a train spec's keys
+
+
+def test_the_takd_and_ban_recipes_are_chains_of_the_length_they_say(host):
+    from kdzoo.spec import DistillSpec, load_spec
+
+    recipes = Path(__file__).resolve().parent.parent / "examples" / "recipes" / "chains"
+
+    def links(spec) -> list[str]:
+        teacher = spec.teachers[0]
+        return [teacher.name, *(links(teacher.train) if isinstance(teacher.train, DistillSpec) else [])]
+
+    (_, takd), = load_spec(recipes / "takd.yaml", host.registry)[1]
+    assert links(takd) == ["assistant", "resnet110"]
+    (_, ban), = load_spec(recipes / "ban.yaml", host.registry)[1]
+    assert links(ban) == ["gen2", "gen1", "resnet32x4"]
+    assert ban.teachers[0].train.teachers[0].train.data == ban.data  # inherited down the chain
