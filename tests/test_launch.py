@@ -235,3 +235,17 @@ def test_status_of_a_teacher_finished_but_not_yet_published(tmp_path, tiny_train
     assert teacher_state(entry)["state"] == "partial"
     shutil.move(rundir.teacher_partial_dir(entry), entry)
     assert teacher_state(entry)["state"] == "done"
+
+
+def test_fuse_on_makes_one_job_per_fused_group_with_the_inline_results(launched, tmp_path):
+    spec, grid, _ = launched
+    fused = run(str(spec), "--out", str(tmp_path / "pass"), "--launcher", "local", "--fuse", "on")
+    assert fused.exit_code == 1, fused.output  # lr1e30 diverges, as in every run of this grid
+    started = [line for line in fused.output.splitlines() if ": started (" in line]
+    assert len(started) == 3 and all("fused with 2 more" in line for line in started), started
+    assert len({line.split("log: ")[1] for line in started}) == 1  # one job, one log, for the three arms
+    assert "lr1e30: failed: the loss became" in fused.output
+    for arm in GOOD_ARMS:
+        ours, theirs = (json.loads((rundir.arm_dir(d, arm) / rundir.SUMMARY_FILE).read_text()) for d in (grid, tmp_path / "pass"))
+        assert sorted(theirs.pop("fused_with")) == sorted({*GOOD_ARMS, "lr1e30"} - {arm})
+        assert without_timings(ours) == without_timings(theirs)  # one job per arm and one pass compute the same

@@ -51,7 +51,8 @@ def validate(spec_path: Path, overrides: tuple[str, ...], plugins_dirs: tuple[Pa
 @click.option("--arms", "arm_patterns", metavar="GLOB[,GLOB]", help="Grids: run only the arms whose names match (e.g. to split a grid across processes).")
 @click.option("--force", is_flag=True, help="Resume a run whose spec changed since it started; rerun grid arms that finished with another spec.")
 @click.option("--fuse", type=click.Choice(["on", "off"]), default=None,
-              help="Grids: arms that share data, teachers and schedule length train in one pass (on, the default), or one by one (off).")
+              help="Grids: arms that share data, teachers and schedule length train in one pass (on, the default inline), or one by one "
+                   "(off). With --launcher local|slurm: on makes one job per fused group (default: one job per arm).")
 @plugins_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--track", "tracks", multiple=True, type=click.Choice(TRACKERS),
@@ -89,8 +90,6 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
         launch.require_grid(str(spec_path))
         if fuse is not None:
             raise KdzooError(f"--fuse: {spec_path} has no matrix, so there are no arms to fuse")
-    if fuse is not None and launch.launcher != "inline":
-        raise KdzooError(f"--fuse: --launcher {launch.launcher} runs each arm in a job of its own, never fused; drop --fuse")
     plan = runner.plan_runs(data, runs, out_dir, arm_patterns)
     run_grid = None  # inline: the runner runs the arms itself (fused where they can be)
     if launch.launcher != "inline":  # the same arms, specs and skip rules, each in a process (or SLURM task) of its own
@@ -99,7 +98,7 @@ def run(spec_path: Path | None, out_dir: Path | None, overrides: tuple[str, ...]
         from kdzoo.run.launchers.grid import launch_grid
 
         run_grid = partial(launch_grid, options=launch, spec_path=spec_path, overrides=overrides, plugins_dirs=plugins_dirs,
-                           force=force, log=click.echo)
+                           force=force, log=click.echo, fuse=fuse == "on")  # launched: one job per arm unless asked
 
     outcome = runner.run_plan(plan, host, str(spec_path), log=click.echo, progress=progress, force=force, fuse=fuse != "off",
                               run_grid=run_grid, report_log=lambda message: click.echo(message, err=True))

@@ -25,9 +25,10 @@ Execute = Callable[[list[Job], str, Callable, Callable], None]
 
 
 def launch_grid(plan: runner.Plan, options: LaunchOptions, spec_path: Path, overrides: tuple[str, ...],
-                plugins_dirs: tuple[Path, ...], force: bool, log: Log) -> list[tuple[str, dict[str, Any]]]:
+                plugins_dirs: tuple[Path, ...], force: bool, log: Log, fuse: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """Run the grid's unfinished arms as jobs and return (arm, summary) for every arm,
-    in the grid's order, as ``run_arms`` does."""
+    in the grid's order, as ``run_arms`` does. ``fuse``: one job per group of arms that
+    train fused (one pass, one GPU for many students), else one job per arm."""
     grid_dir, arms = plan.run_dir, plan.runs
     runner.check_all_finished(arms, grid_dir, force)  # a refusal comes before any work
     runner.record_grid(grid_dir, arms)
@@ -49,15 +50,17 @@ def launch_grid(plan: runner.Plan, options: LaunchOptions, spec_path: Path, over
     for arm, reason in blocked.items():
         log(f"{position[arm]}: failed: {reason}")
         write_json(rundir.arm_dir(grid_dir, arm) / rundir.FAILED_FILE, {"error": reason})
-    arm_jobs = [_arm_job(name, spec, spec_path, grid_dir, shared, force) for name, spec in todo if name not in blocked]
+    arm_jobs = _arm_jobs([(name, spec) for name, spec in todo if name not in blocked], spec_path, grid_dir, shared, force, fuse)
     _with_threads(arm_jobs, threads_for)
 
     def arm_started(job: Job, where: str) -> None:
-        (job.run_dir / rundir.FAILED_FILE).unlink(missing_ok=True)  # a reason left now is this attempt's
-        log(f"{position[job.name]}: started ({where}); log: {job.log}")
+        for name, arm_dir in job.arms:
+            (arm_dir / rundir.FAILED_FILE).unlink(missing_ok=True)  # a reason left now is this attempt's
+            log(f"{position[name]}: started ({where}{', fused with ' + str(len(job.arms) - 1) + ' more' if job.members else ''}); log: {job.log}")
 
     def arm_done(job: Job, code: int | None, error: str | None) -> None:
-        log(f"{position[job.name]}: {_arm_outcome(job, code, error)}")
+        for name, arm_dir in job.arms:
+            log(f"{position[name]}: {_arm_outcome(arm_dir, job, code, error)}")
 
     if arm_jobs:
         execute(arm_jobs, "arms", arm_started, arm_done)
@@ -136,10 +139,20 @@ def _teacher_jobs(todo: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Pa
     return list(jobs.values()), needed_by
 
 
-def _arm_job(name: str, spec: AnySpec, spec_path: Path, grid_dir: Path, shared: list[str], force: bool) -> Job:
-    label = f"arm-{name}"
-    return Job("arm", name, label, arm_argv(spec_path, name, grid_dir, shared, force), rundir.launch_log(grid_dir, label),
-               rundir.arm_dir(grid_dir, name), spec_threads=spec.threads)
+def _arm_jobs(arms: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Path, shared: list[str], force: bool,
+              fuse: bool) -> list[Job]:
+    """One job per arm, or with ``fuse`` one per group of arms that train in one pass."""
+    from kdzoo.run.fusion import fusion_groups
+
+    groups = fusion_groups([runner.Member(name, spec, rundir.arm_dir(grid_dir, name)) for name, spec in arms], fuse)
+    jobs = []
+    for group in groups:
+        names = [m.name for m in group]
+        label = f"arm-{names[0]}" if len(group) == 1 else f"pass-{names[0]}-{len(group)}"
+        jobs.append(Job("arm", ", ".join(names), label, arm_argv(spec_path, ",".join(names), grid_dir, shared, force),
+                        rundir.launch_log(grid_dir, label), group[0].run_dir, spec_threads=group[0].spec.threads,
+                        members=[(m.name, m.run_dir) for m in group] if len(group) > 1 else []))
+    return jobs
 
 
 def _with_threads(jobs: list[Job], threads_for: Callable[[int], int | None]) -> None:
@@ -150,17 +163,17 @@ def _with_threads(jobs: list[Job], threads_for: Callable[[int], int | None]) -> 
         job.env.update({"PYTHONUNBUFFERED": "1", **thread_env(job.spec_threads, threads)})
 
 
-def _arm_outcome(job: Job, code: int | None, error: str | None) -> str:
-    """One line on how an arm's job ended; a job that died without saying why gets its
-    failed.json written here, so the grid and ``kdzoo status`` report it."""
-    if rundir.is_finished(job.run_dir):
-        summary = json.loads((job.run_dir / rundir.SUMMARY_FILE).read_text())
+def _arm_outcome(arm_dir: Path, job: Job, code: int | None, error: str | None) -> str:
+    """One line on how an arm of a job ended; an arm whose job died without saying why gets
+    its failed.json written here, so the grid and ``kdzoo status`` report it."""
+    if rundir.is_finished(arm_dir):
+        summary = json.loads((arm_dir / rundir.SUMMARY_FILE).read_text())
         top1 = summary["final"].get(metric_key("test", "top1", summary["role"]))
         return f"finished, test top-1 {top1:.4f} in {summary['wall_time_s']:.1f} s" if top1 is not None else "finished"
-    failed = _failed_reason(job.run_dir)
+    failed = _failed_reason(arm_dir)
     if failed is None:
         failed = error or f"exit code {code}: {last_error(job.log)}"
-        write_json(job.run_dir / rundir.FAILED_FILE, {"error": failed, "log": str(job.log), "at": time.time()})
+        write_json(arm_dir / rundir.FAILED_FILE, {"error": failed, "log": str(job.log), "at": time.time()})
     return f"failed: {failed} (log: {job.log})"
 
 

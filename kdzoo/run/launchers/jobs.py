@@ -4,7 +4,9 @@ environment, and where its output goes.
 An arm's job is ``python -m kdzoo run SPEC --arms ARM --out GRID`` with the grid's own
 ``--set``, ``--plugins-dir`` and ``--force``: the spec is read, overridden and validated
 by the job exactly as by the grid, so the arm's resolved spec — what grid skipping,
-``--resume`` and the teacher cache compare — is the one an inline grid would write.
+``--resume`` and the teacher cache compare — is the one an inline grid would write. A
+fused group's job (``--fuse on``) names all its arms (``--arms A,B,C``): the job trains
+them in one pass, as an inline grid would.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class Job:
     cwd: str = field(default_factory=os.getcwd)  # relative output_dir in the spec: same cwd as the grid
     spec_threads: int | None = None  # the spec's own `threads`, which wins over the launcher's count
     env: dict[str, str] = field(default_factory=dict)  # added to the environment the job finds
+    members: list[tuple[str, Path]] = field(default_factory=list)  # a fused group's arms and their directories
+
+    @property
+    def arms(self) -> list[tuple[str, Path]]:
+        """The arms this job runs, each with its directory (one, unless a fused group)."""
+        return self.members or [(self.name, self.run_dir)]
 
     def run(self) -> int:
         """Run to the end, output appended to the log; the exit code. Used where the job
