@@ -62,6 +62,11 @@ def main() -> None:
                      final.get(TOP1), final.get(FIDELITY), f"{cost:.1f}" if cost else None,
                      f"{cost / kd_cost:.2f}" if cost and kd_cost else None, f"{summary.get('connector_parameters', 0):,}"])
     print(markdown_table(["arm", "method", "weight", "test top-1", "fidelity to teacher", "s / epoch", "cost vs kd", "connector params"], rows))
+    if args.costs:  # the sweep's wall time both ways: one pass (every fused arm reports it) against the arms' sum
+        fused = max(s["wall_time_s"] for s, _ in results.values() if "failed" not in s)
+        alone = sum(s["wall_time_s"] for s, _ in costs.values() if "failed" not in s)
+        print(f"\nthe arms' wall time: {fused:,.0f} s in {args.grid} (fused), {alone:,.0f} s in {args.costs} (one by one): "
+              f"{alone / fused:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Fault injection: a short train run and a short distil run (inline teacher) are killed,
-or hit a full disk, at every file kdzoo renames into place; resuming then gives the
-uninterrupted result bit for bit (summary, metrics.jsonl and weights, timings apart)."""
+"""Fault injection: a short train run, a short distil run (inline teacher) and a fused
+grid are killed, or hit a full disk, at every file kdzoo renames into place; resuming
+then gives the uninterrupted result bit for bit (summary, metrics.jsonl and weights,
+timings apart)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from kdzoo import rundir
 from kdzoo.cli import cli
 from kdzoo.run import checkpoint, teachers
 
-TIMINGS = {"wall_time_s", "train_time_s", "images_per_s"}
+# How a run ran, not what it computed: its times, and which arms shared its (last) pass.
+TIMINGS = {"wall_time_s", "train_time_s", "images_per_s", "fused_with"}
 
 
 class Killed(BaseException):
@@ -54,6 +56,8 @@ def _clean(record: dict) -> dict:
 
 
 def outcome(run_dir: Path, root: Path) -> dict:
+    if (run_dir / rundir.ARMS_DIR).is_dir():  # a grid: every arm's outcome
+        return {arm.name: outcome(arm, root) for arm in sorted((run_dir / rundir.ARMS_DIR).iterdir())}
     summary = json.loads((run_dir / rundir.SUMMARY_FILE).read_text())
     summary = _clean(summary)
     summary["teachers"] = {k: {**v, "checkpoint": Path(v["checkpoint"]).name} for k, v in summary.get("teachers", {}).items()}
@@ -65,6 +69,11 @@ def outcome(run_dir: Path, root: Path) -> dict:
 
 
 def same(a: dict, b: dict) -> None:
+    if "summary" not in a:  # grids, arm by arm
+        assert a.keys() == b.keys()
+        for arm in a:
+            same(a[arm], b[arm])
+        return
     assert a["summary"] == b["summary"]
     assert a["records"] == b["records"]
     assert a["manifest"] == b["manifest"]
@@ -167,3 +176,13 @@ def test_the_teacher_cache_key_survives_a_round_trip_through_spec_yaml(tiny_dist
     assert reread.model_dump(mode="json") == first.model_dump(mode="json")
     assert teacher_dir(reread.teachers[0].train) == teacher_dir(first.teachers[0].train)
     assert first.teachers[0].train.losses[0].params == {"label_smoothing": 0.0}
+
+
+def test_a_fused_grid_survives_a_kill_at_every_write(monkeypatch, tiny_train, tmp_path):
+    """Two arms in one pass write in turn: a kill between them leaves arms at different
+    epochs, and rerunning the grid resumes each from its own state."""
+    spec = {**tiny_train, "epochs": 2, "data": {**tiny_train["data"], "params": {"train_size": 64, "test_size": 32, "num_classes": 4}},
+            "matrix": {"optimizer.lr": [0.1, 0.05]}}
+    survived = inject_everywhere(monkeypatch, spec, tmp_path, kinds=("kill",))
+    print(f"fused grid: {survived} faults injected and survived")
+    assert survived >= 1 + 2 * (1 + 2 * 2 + 3)  # grid.json; per arm: spec, 2 x (metrics, state), model, manifest, summary
