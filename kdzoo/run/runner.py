@@ -75,6 +75,7 @@ def run_together(members: list[Member], host: PluginHost, log: Log, progress: bo
     first: name -> summary, or the error that stopped it. Without ``on_failure`` an arm's
     failure before training is raised; with it, it is reported and the others go on."""
     from kdzoo.run.arm import Arm
+    from kdzoo.run.data import load_data
     from kdzoo.run.teachers import prepare_teachers
     from kdzoo.run.trainer import TrainingPass, pass_inputs
 
@@ -95,8 +96,9 @@ def run_together(members: list[Member], host: PluginHost, log: Log, progress: bo
                 write_spec(member.run_dir, member.spec)
             markers.enter_context(running_marker(member.run_dir))  # what `kdzoo status` reads as "running"
         try:
-            teachers = prepare_teachers(first, host, teacher_trainer(host, log, progress), log) if isinstance(first, DistillSpec) else []
-            inputs = pass_inputs(first, host, teachers)
+            data = load_data(first.data, host.registry)  # once: the teachers' checks and the pass share it
+            teachers = prepare_teachers(first, host, teacher_trainer(host, log, progress), log, data) if isinstance(first, DistillSpec) else []
+            inputs = pass_inputs(first, host, teachers, data)
         except TrainingError as exc:
             failed([m.name for m in members], exc)
             return outcomes

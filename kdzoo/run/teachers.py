@@ -108,12 +108,14 @@ def cached_teacher(name: str, spec: TrainSpec | DistillSpec, path: Path, train: 
         distributed.barrier()  # published before any rank loads it
 
 
-def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[TrainSpec, Path], Any], log: Log) -> list[Teacher]:
+def prepare_teachers(spec: DistillSpec, host: PluginHost, train: Callable[[TrainSpec, Path], Any], log: Log,
+                     data: ImageData | None = None) -> list[Teacher]:
     """Load checkpoint teachers (so a mismatch fails before any training), then train
-    (``train(spec, dir)``) or reuse inline teachers, and return them all in spec order."""
+    (``train(spec, dir)``) or reuse inline teachers, and return them all in spec order.
+    ``data``: the spec's dataset when the caller has loaded it already."""
     from kdzoo.run.data import load_data
 
-    data = load_data(spec.data, host.registry)
+    data = load_data(spec.data, host.registry) if data is None else data
     loaded = {t.name: (t.checkpoint, *load_teacher(host, t.checkpoint, data)) for t in spec.teachers if t.checkpoint is not None}
     for t in spec.teachers:
         if t.train is None:

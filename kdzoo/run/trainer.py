@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kdzoo.api import ModelOutputs
+from kdzoo.api import ImageData, ModelOutputs
 from kdzoo.api.keys import metric_key
 from kdzoo.errors import KdzooError, TrainingError
 from kdzoo.host import PluginHost
@@ -55,10 +55,11 @@ from kdzoo.spec import AnySpec
 OnFailure = Callable[[Arm, TrainingError], None]
 
 
-def pass_inputs(spec: AnySpec, host: PluginHost, teachers: list[Teacher]) -> PassInputs:
-    """The runtime, the data and the placed, frozen teachers of a pass whose arms share ``spec``'s."""
+def pass_inputs(spec: AnySpec, host: PluginHost, teachers: list[Teacher], data: ImageData | None = None) -> PassInputs:
+    """The runtime, the data (loaded unless given) and the placed, frozen teachers of a pass
+    whose arms share ``spec``'s."""
     runtime = select_runtime(spec)
-    data = load_data(spec.data, host.registry)
+    data = load_data(spec.data, host.registry) if data is None else data
     world_size = distributed.world_size()
     if spec.batch_size % world_size:
         raise KdzooError(
