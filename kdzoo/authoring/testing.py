@@ -35,6 +35,7 @@ __all__ = [
     "NUM_CLASSES",
     "TinyCNN",
     "isolated_host",
+    "logits_batch",
     "make_distill_batch",
     "make_eval_batch",
     "random_features",
@@ -234,6 +235,24 @@ def make_distill_batch(
         step=step,
         steps=steps,
         peers=peers,
+    )
+
+
+def logits_batch(student: Tensor, teachers: Sequence[Tensor] = (), targets: Tensor | None = None, *, epoch: int = 0,
+                 epochs: int = 1, peers: dict[str, Tensor] | None = None) -> DistillBatch:
+    """A :class:`kdzoo.api.DistillBatch` of given logits only, for testing a logit loss
+    against its formula: ``student`` ``(B, C)``, one ``(B, C)`` per teacher, ``targets``
+    (default zeros), placeholder images and indices; ``peers``: name -> logits."""
+    n = student.shape[0]
+    return DistillBatch(
+        student=ModelOutputs(student),
+        teachers=[ModelOutputs(t) for t in teachers],
+        targets=torch.zeros(n, dtype=torch.long) if targets is None else targets,
+        images=torch.zeros(n, 3, 4, 4),
+        indices=torch.arange(n),
+        epoch=epoch,
+        epochs=epochs,
+        peers={name: ModelOutputs(p) for name, p in (peers or {}).items()},
     )
 
 

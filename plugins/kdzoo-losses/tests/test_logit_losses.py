@@ -7,6 +7,8 @@ the plugin host and called with a DistillBatch, as the engine calls them.
 
 from __future__ import annotations
 
+from functools import partial
+
 import math
 import subprocess
 import sys
@@ -16,8 +18,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdzoo.api import DistillBatch, Loss, ModelOutputs
+from kdzoo.api import Loss
 from kdzoo.host.loading import load_plugins
+from kdzoo.testing import logits_batch
 
 B, K = 4, 5
 TARGETS = torch.tensor([0, 3, 1, 4])
@@ -43,17 +46,7 @@ def make_logits(seed: int, scale: float = 2.0) -> torch.Tensor:
     return torch.randn(B, K, generator=generator) * scale
 
 
-def make_batch(student, teachers=(), targets=TARGETS, epoch: int = 0, epochs: int = 1) -> DistillBatch:
-    n = student.shape[0]
-    return DistillBatch(
-        student=ModelOutputs(student),
-        teachers=[ModelOutputs(t) for t in teachers],
-        targets=targets,
-        images=torch.zeros(n, 3, 4, 4),
-        indices=torch.arange(n),
-        epoch=epoch,
-        epochs=epochs,
-    )
+make_batch = partial(logits_batch, targets=TARGETS)
 
 
 def assert_value(loss: torch.Tensor, expected: float, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -242,10 +235,10 @@ def test_hand_computed_values(host):
     binary_kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
     assert binary_kl == pytest.approx(0.1308121)
     dkd = build(host, "dkd", alpha=1.0, beta=8.0, temperature=1.0, warmup_epochs=0)
-    assert_value(dkd(make_batch(student, [teacher], label)), binary_kl)
+    assert_value(dkd(make_batch(student, [teacher], targets=label)), binary_kl)
     # Tf-KD with a = 3/4 on two classes at T = 1 is the same KL.
     tfkd = build(host, "tfkd", correct_prob=0.75, temperature=1.0, convention="paper")
-    assert_value(tfkd(make_batch(student, [], label)), binary_kl)
+    assert_value(tfkd(make_batch(student, [], targets=label)), binary_kl)
 
     # Uniform logits: CE is ln K with or without smoothing.
     uniform = torch.zeros(B, K)
@@ -255,14 +248,14 @@ def test_hand_computed_values(host):
     # NKD, K = 3, everything uniform, T = 1: ln(3)/3 + gamma * ln(2).
     uniform3 = torch.zeros(1, 3)
     nkd = build(host, "nkd", temperature=1.0, gamma=1.5)
-    assert_value(nkd(make_batch(uniform3, [uniform3], label)), math.log(3) / 3 + 1.5 * math.log(2))
+    assert_value(nkd(make_batch(uniform3, [uniform3], targets=label)), math.log(3) / 3 + 1.5 * math.log(2))
 
     # WTTM, uniform teacher on 2 classes: U = 2 * (1/2)^gamma, KL([.5,.5] || [2/3,1/3]).
     student = torch.tensor([[math.log(2.0), 0.0]])
     kl = 0.5 * math.log(0.75) + 0.5 * math.log(1.5)
     wttm = build(host, "wttm", gamma=0.5)
-    assert_value(wttm(make_batch(student, [torch.zeros(1, 2)], label)), math.sqrt(2.0) * kl)
-    assert_value(build(host, "ttm", gamma=0.5)(make_batch(student, [torch.zeros(1, 2)], label)), kl)
+    assert_value(wttm(make_batch(student, [torch.zeros(1, 2)], targets=label)), math.sqrt(2.0) * kl)
+    assert_value(build(host, "ttm", gamma=0.5)(make_batch(student, [torch.zeros(1, 2)], targets=label)), kl)
 
 
 def test_dkd_warmup_follows_the_authors_epoch_count(host):

@@ -11,8 +11,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from kdzoo.api import DistillBatch, ModelOutputs
 from kdzoo.host.loading import load_plugins
+from kdzoo.testing import logits_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,8 @@ def host():
     return load_plugins()
 
 
-def batch(student, peers) -> DistillBatch:
-    return DistillBatch(student=ModelOutputs(student), teachers=[], targets=torch.zeros(len(student), dtype=torch.long),
-                        images=torch.zeros(len(student), 3, 4, 4), indices=torch.arange(len(student)),
-                        peers={f"p{i}": ModelOutputs(p) for i, p in enumerate(peers)})
+def batch(student, peers):
+    return logits_batch(student, peers={f"p{i}": p for i, p in enumerate(peers)})
 
 
 def build(host, **params):

@@ -7,6 +7,8 @@ helpers. Losses are built through the plugin host and called with a DistillBatch
 
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 import numpy as np
@@ -14,8 +16,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdzoo.api import DistillBatch, ModelOutputs
 from kdzoo.host.loading import load_plugins
+from kdzoo.testing import logits_batch
 
 B, K = 6, 5
 TARGETS = torch.tensor([0, 3, 1, 4, 3, 0])  # two same-class pairs: (0, 5) and (1, 4)
@@ -37,17 +39,7 @@ def logits(seed: int, scale: float = 2.5, rows: int = B) -> torch.Tensor:
     return torch.randn(rows, K, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def batch(student, teachers=(), targets=TARGETS, epoch: int = 0) -> DistillBatch:
-    n = student.shape[0]
-    return DistillBatch(
-        student=ModelOutputs(student),
-        teachers=[ModelOutputs(t) for t in teachers],
-        targets=targets,
-        images=torch.zeros(n, 3, 4, 4),
-        indices=torch.arange(n),
-        epoch=epoch,
-        epochs=100,
-    )
+batch = partial(logits_batch, targets=TARGETS, epochs=100)  # student logits, teachers' logits
 
 
 def close(value: torch.Tensor, expected: float, rtol: float = 1e-5, atol: float = 1e-6) -> None:
