@@ -14,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from kdzoo.cli import cli
-from kdzoo.study.report import Arm, Group, findings, load_arms
+from kdzoo.study.report import STRONG_POLICIES, WEAK_POLICIES, Arm, Group, findings, load_arms
+from kdzoo.study.strength import Policy, affinity_scale, class_scale
 
 MODEL = {"name": "cifar-resnet", "params": {"depth": 8, "width": 4}}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,8 +112,10 @@ def test_markdown_table_findings_and_plots(grid, reported):
     # findings: computed, one per STUDY.md finding; one teacher count only, so finding 4 is not measured
     for number in (1, 2, 3, 4):
         assert f"\n{number}. " in "\n" + output
-    assert "4. The effect grows" in output and "**not measured**" in output.split("4. The effect grows")[1]
-    assert "attn IoU T~T: strong " in output and "(2 arms, 2 seeds)" in output
+    assert "4. The effect grows" in output and "**not measured: one teacher count**" in output.split("4. The effect grows")[1]
+    # finding 1 pairs the two seeds' (t1, t2) teacher pairs; the others the 2 seeds' students
+    assert "attn IoU T~T (per teacher pair), strong - weak: " in output and "over 2 pairs" in output
+    assert "Decision rule (paired t, 95% over matched pairs)" in md
     # teachers table: 8 cached teachers (2 roles x 2 policies x 2 seeds)
     teachers = md.split("## Teachers")[1].split("##")[0]
     assert sum(line.startswith(("| t1-", "| t2-")) for line in teachers.splitlines()) == 8
@@ -140,7 +143,7 @@ def test_report_on_one_run_dir(grid, tmp_path):
     own = summaries(grid, "weak_weak")[1]["final"]
     assert row["group"] == "weak_weak" and row["seeds"] == "1"
     assert float(row["test_top1_mean"]) == own["test/top1/student"] and row["test_top1_std"] == ""
-    assert "**not measured**" in result.output  # weak teachers only: nothing to compare with
+    assert "**not measured: needs arms" in result.output  # weak teachers only: nothing to compare with
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path):
@@ -164,38 +167,80 @@ def fake_arm(name: str, seed: int, policies: list[str], **values: float) -> Arm:
     return Arm(name, Path(name), {"seed": seed}, summary, [])
 
 
-def fake_groups(strong_shift: float, seeds=(0, 1)) -> list[Group]:
-    """Weak and strong groups with 1 and 2 teachers; strong arms move by strong_shift * (n teachers)."""
+def teacher_seed(arm: Arm, role: str) -> int:
+    """As `kdzoo run` seeds inline teachers: the run's seed moves them (distinct pairs per seed)."""
+    return arm.seed * 1000 + int(role[1:])
+
+
+NOISE = {0: 0.0, 1: 0.004, 2: -0.003}  # per seed, on the strong side only: differences with a spread
+
+
+def fake_groups(strong_shift: float, seeds=(0, 1, 2), levels=("weak", "strong"), noise=NOISE) -> list[Group]:
+    """Groups at each level with 1 and 2 teachers; level k of K moves by strong_shift * n * k/(K-1)."""
     groups = []
-    for policy in ("weak", "strong"):
+    for rank, policy in enumerate(levels):
         for n in (1, 2):
-            shift = strong_shift * n if policy == "strong" else 0.0
+            shift = strong_shift * n * rank / (len(levels) - 1)
             arms = [
-                fake_arm(f"{policy}{n}_seed{s}", s, [policy] * n, top1=0.5 + shift / 2 + 0.01 * s, fidelity=0.8 - shift + 0.01 * s,
-                         mi=1.0 - shift + 0.01 * s, gap=0.2 - shift + 0.01 * s, iou=0.6 - shift + 0.01 * s)
+                fake_arm(f"{policy}{n}_seed{s}", s, [policy] * n, top1=0.5 + shift / 2 + 0.01 * s + (noise[s] if rank else 0),
+                         fidelity=0.8 - shift + 0.01 * s + (noise[s] if rank else 0), mi=1.0 - shift + 0.01 * s,
+                         gap=0.2 - shift + 0.01 * s + (noise[s] if rank else 0), iou=0.6 - shift + 0.01 * s + (noise[s] if rank else 0))
                 for s in seeds
             ]
             groups.append(Group(f"{policy}{n}", arms, [policy] * n, "weak"))
     return groups
 
 
+def two_classes(groups):
+    return class_scale({Policy(p): p for g in groups for p in g.teacher_policies}, STRONG_POLICIES, WEAK_POLICIES)
+
+
+def verdicts(groups, scale=None) -> dict[int, str]:
+    return {f.number: f.verdict for f in findings(groups, scale or two_classes(groups), teacher_seed)}
+
+
 def test_findings_held_when_strong_ensembles_are_more_diverse():
-    verdicts = {f.number: f.verdict for f in findings(fake_groups(0.1))}
-    assert verdicts == {1: "held", 2: "held", 3: "held", 4: "held"}
+    assert verdicts(fake_groups(0.1)) == {1: "held", 2: "held", 3: "held", 4: "held"}
 
 
-def test_findings_did_not_hold_in_the_opposite_direction():
-    verdicts = {f.number: f.verdict for f in findings(fake_groups(-0.1))}
-    assert verdicts == {1: "did not hold", 2: "did not hold", 3: "did not hold", 4: "did not hold"}
+def test_findings_reversed_in_the_opposite_direction():
+    assert verdicts(fake_groups(-0.1)) == {1: "reversed", 2: "reversed", 3: "reversed", 4: "reversed"}
 
 
-def test_findings_need_two_seeds_and_data():
-    one_seed = findings(fake_groups(0.1, seeds=(0,)))
-    assert all(f.verdict.startswith("not called: fewer than two seeds") for f in one_seed)
+def test_findings_inconclusive_when_the_interval_straddles_zero():
+    noisy = {0: 0.05, 1: -0.05, 2: 0.01}  # differences of both signs around a shift of 0
+    assert set(verdicts(fake_groups(0.0, noise=noisy)).values()) == {"inconclusive"}
+    # one seed: one pair per comparison, no interval
+    assert set(verdicts(fake_groups(0.1, seeds=(0,))).values()) == {"inconclusive"}
+
+
+def test_findings_need_two_strengths():
     only_weak = [g for g in fake_groups(0.1) if g.label.startswith("weak")]
-    assert {f.verdict for f in findings(only_weak)} == {"not measured"}
-    first = findings(fake_groups(0.1))[0]
-    assert "strong 0.4050 ± 0.0071 (2 arms, 2 seeds) vs weak 0.6050 ± 0.0071 (2 arms, 2 seeds)" in first.lines[0]
+    assert all(v.startswith("not measured") for v in verdicts(only_weak).values())
+
+
+def test_finding_values_are_matched_pair_differences_with_their_t_interval():
+    """Finding 2's fidelity: strong - weak per (count, student policy, seed) = -0.1 n + noise."""
+    second = findings(fake_groups(0.1), two_classes(fake_groups(0.1)), teacher_seed)[1]
+    diffs = [-0.1 * n + NOISE[s] for n in (1, 2) for s in (0, 1, 2)]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = 2.571 * sd / math.sqrt(6)  # t(0.975, 5)
+    assert f"{mean:+.4f}, 95% CI [{mean - half:+.4f}, {mean + half:+.4f}], d_z {mean / sd:+.2f} over 6 pairs" in second.lines[0]
+    # finding 1 pairs teacher pairs, not students: one (t1, t2) pair per seed
+    first = findings(fake_groups(0.1), two_classes(fake_groups(0.1)), teacher_seed)[0]
+    assert "over 3 pairs" in first.lines[0]
+    # finding 4: the drop at 2 teachers minus the drop at 1, per seed: 0.1 exactly
+    fourth = findings(fake_groups(0.1), two_classes(fake_groups(0.1)), teacher_seed)[3]
+    assert "drop at 2 - drop at 1 teachers: +0.1000" in fourth.lines[-1] and "increase monotonically" in fourth.lines[-1]
+
+
+def test_a_strength_axis_decides_on_its_ends_and_reports_the_middle():
+    levels = ("weak", "mid", "strong")
+    groups = fake_groups(0.1, levels=levels)
+    scale = affinity_scale({Policy(p): p for p in levels}, [("strong", 0.5), ("weak", 0.9), ("mid", 0.7)], "test")
+    assert scale.levels == ["weak", "mid", "strong"] and scale.strongest == "strong"
+    second = findings(groups, scale, teacher_seed)[1]
+    assert second.verdict == "held" and "strong - weak: -0.1497" in second.lines[0] and "; mid - weak: -0.0747" in second.lines[0]
 
 
 def test_load_arms_skips_unfinished_arms(grid, tmp_path):
@@ -207,14 +252,6 @@ def test_load_arms_skips_unfinished_arms(grid, tmp_path):
     finally:
         crashed.rmdir()
     assert len(arms) == 8 and notes == ["skipped crashed: not finished (no summary.json)"]
-
-
-def test_findings_use_matched_pairs_when_available():
-    """Pairs (same teacher count, student policy, seed) decide the verdict and are reported."""
-    first = findings(fake_groups(0.1))[0]
-    assert "matched pairs strong - weak: -0.2000 ± 0.0000 over 2 pairs, 2/2 with strong < weak" in first.lines[0]
-    fourth = findings(fake_groups(0.1))[3]
-    assert fourth.lines[0].startswith("1 teachers: fidelity s~ens weak - strong = 0.1000")
 
 
 def test_a_report_killed_at_any_write_leaves_whole_files_and_reruns_to_the_same_result(grid, reported, tmp_path, monkeypatch):

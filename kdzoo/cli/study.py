@@ -24,13 +24,22 @@ def _names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where study.csv, study.md and the plots go (default: RUN_DIR).")
 @click.option("--strong", "strong", metavar="A,B", help="Policies counted as strong teacher augmentation (default: strong, paper-strong, randaugment, autoaugment).")
 @click.option("--weak", "weak", metavar="A,B", help="Policies counted as weak teacher augmentation (default: weak, paper-weak, none).")
-def report(run_dir: Path, out_dir: Path | None, strong: str | None, weak: str | None) -> None:
+@click.option("--affinity", "affinity", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="affinity.csv of `kdzoo affinity`: orders the teacher policies by strength (replaces --strong/--weak).")
+@click.option("--baseline", "baseline", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="The CE-only student runs (a grid or one run) for the regime checks.")
+def report(run_dir: Path, out_dir: Path | None, strong: str | None, weak: str | None, affinity: Path | None, baseline: Path | None) -> None:
     """Tables, findings and plots of the study from RUN_DIR (a grid or one run).
 
-    Arms that differ only by seed are grouped: mean and spread over seeds. Writes
-    study.csv, study.md and PNG plots, and prints the table and the findings.
+    Arms that differ only by seed are grouped: mean and spread over seeds. Each
+    finding is decided on matched pairs (same teacher count, student policy and seed)
+    between the strongest and the weakest teacher policy: the mean difference, its 95%
+    paired-t interval and effect size, and held / reversed / inconclusive. Writes
+    study.csv, study.md and PNG plots, and prints the regime checks, the table and the
+    findings.
     """
     from kdzoo.study import report as study
+    from kdzoo.study.regime import regime_markdown
 
     result = study.build_report(
         run_dir,
@@ -38,7 +47,15 @@ def report(run_dir: Path, out_dir: Path | None, strong: str | None, weak: str | 
         strong=_names(strong, study.STRONG_POLICIES),
         weak=_names(weak, study.WEAK_POLICIES),
         log=lambda message: click.echo(message, err=True),
+        affinity=affinity,
+        baseline=baseline,
     )
+    click.echo(regime_markdown(result.checks))
+    click.echo("")
+    if result.strength_table:
+        click.echo(f"strength axis ({result.scale.source}):")
+        click.echo(result.strength_table)
+        click.echo("")
     click.echo(result.table)
     click.echo("")
     click.echo(study.findings_markdown(result.findings))

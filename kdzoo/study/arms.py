@@ -21,6 +21,7 @@ from kdzoo import rundir
 from kdzoo.api.keys import TRAIN_ROLE, metric_key
 from kdzoo.errors import KdzooError
 from kdzoo.rundir import METRICS_FILE, SPEC_FILE, SUMMARY_FILE
+from kdzoo.study.strength import Policy
 
 # The seed part of an arm name as `kdzoo run` builds it from `matrix: {seed: [...]}`.
 SEED_PART = re.compile(r"(?:^|_)seed\d+(?=_|$)")
@@ -162,17 +163,22 @@ class TeacherIndex:
                 self.manifests[source] = {}  # moved or deleted: the arm's own figures still serve
         return self.manifests[source]
 
-    def policy(self, arm: Arm, role: str) -> str:
+    def policy(self, arm: Arm, role: str) -> Policy:
+        """The teacher's training augmentation, name and params."""
         manifest = self.manifest(arm, role)
         if manifest:
-            return ((manifest.get("spec") or {}).get("augmentation") or {}).get("name", "")
+            return Policy.of((manifest.get("spec") or {}).get("augmentation"))
         for teacher in arm.spec.get("teachers") or []:  # checkpoint gone: the inline train spec
             if teacher.get("name") == role and isinstance(teacher.get("train"), dict):
-                return (teacher["train"].get("augmentation") or {}).get("name", "")
-        return ""
+                return Policy.of(teacher["train"].get("augmentation"))
+        return Policy("")
 
-    def table(self, arms: list[Arm]) -> tuple[list[str], list[list[Any]]]:
-        """One row per distinct teacher checkpoint: policy, seed, test top-1, ECE (10 bins)."""
+    def seed(self, arm: Arm, role: str) -> int | None:
+        seed = self.manifest(arm, role).get("seed")
+        return int(seed) if seed is not None else None
+
+    def table(self, arms: list[Arm], labels: dict[Policy, str]) -> tuple[list[str], list[list[Any]]]:
+        """One row per distinct teacher checkpoint: policy (its label), seed, test top-1, ECE (10 bins)."""
         rows: dict[str, list[Any]] = {}
         used: dict[str, set[str]] = {}
         for arm in arms:
@@ -187,7 +193,7 @@ class TeacherIndex:
                 # The manifest holds the teacher's own train run, so its role is TRAIN_ROLE.
                 top1 = own.get(metric_key("test", "top1", TRAIN_ROLE), arm.final.get(metric_key("test", "top1", role)))
                 ece = own.get(metric_key("test", "ece10", TRAIN_ROLE), arm.final.get(metric_key("test", "ece10", role)))
-                rows[source] = [Path(source).name or source, role, self.policy(arm, role), manifest.get("seed"), top1, ece]
+                rows[source] = [Path(source).name or source, role, labels.get(self.policy(arm, role), ""), manifest.get("seed"), top1, ece]
         headers = ["teacher", "role", "policy", "seed", "test top-1", "ECE (10 bins)", "used by arms"]
         table = [row + [len(used[source])] for source, row in rows.items()]
         table.sort(key=lambda row: (str(row[1]), str(row[2]), row[3] if row[3] is not None else -1))

@@ -1,52 +1,48 @@
-"""The study's findings: the four directions of ``shared/STUDY.md`` tested from the
-numbers, comparing arms whose teachers were all trained with strong augmentation against
-arms whose teachers were all trained with weak.
+"""The study's findings: the four directions of ``shared/STUDY.md`` decided by
+:mod:`kdzoo.study.stats`' rule on matched pairs, along the strength axis of
+:mod:`kdzoo.study.strength`.
+
+Each finding compares the strongest teacher policy with the weakest (both ends of the
+axis); policies between them are reported as the dose-response, difference to the
+weakest, without deciding on them. Student figures pair arms of the same teacher count,
+student policy and seed. Teacher~teacher attention IoU is a property of the teacher pair,
+not of the student, so finding 1 pairs *teacher pairs* (the same two teacher seeds under
+each policy), each counted once however many students used it.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import combinations
 
 from kdzoo.study.arms import Arm, Group
-from kdzoo.study.quantities import QUANTITY, Spread, spread
-from kdzoo.tables import fmt
+from kdzoo.study.quantities import QUANTITY, pair_value
+from kdzoo.study.stats import CI_METHOD, HELD, INCONCLUSIVE, REVERSED, PairedEstimate, combine, decide, describe_mean, paired_estimate
+from kdzoo.study.strength import StrengthScale
 
-# Policy names as the study classes them; `kdzoo report --strong/--weak` overrides these.
-STRONG_POLICIES = ("strong", "paper-strong", "randaugment", "autoaugment")
-WEAK_POLICIES = ("weak", "paper-weak", "none")
-
-
-def policy_class(name: str, strong: Iterable[str], weak: Iterable[str]) -> str | None:
-    return "strong" if name in strong else "weak" if name in weak else None
-
-
-def teacher_class(group: Group, strong: Iterable[str], weak: Iterable[str]) -> str | None:
-    """'strong' / 'weak' when every teacher's policy is of that class; else None (mixed, unknown)."""
-    classes = {policy_class(p, strong, weak) for p in group.teacher_policies}
-    return classes.pop() if len(classes) == 1 and None not in classes else None
+TeacherSeed = Callable[[Arm, str], "int | None"]
+PairKey = tuple  # (teacher count, student policy, seed) for students; (seed_a, seed_b) for teacher pairs
 
 
 @dataclass
-class Side:
-    """The arms (seed runs) of one side of a comparison and their values of one quantity."""
+class Part:
+    """One quantity of a finding: strongest - weakest over matched pairs, and its verdict."""
 
-    name: str
-    arms: list[Arm]
-    key: str
+    header: str
+    expect: int  # -1: the paper predicts lower under the strongest policy, +1 higher
+    estimate: PairedEstimate | None
+    verdict: str
+    dose: list[tuple[str, PairedEstimate | None]] = field(default_factory=list)  # middle levels - weakest
 
-    @property
-    def spread(self) -> Spread:
-        return spread(QUANTITY[self.key].extract(arm) for arm in self.arms)
-
-    @property
-    def seeds(self) -> int:
-        return len({arm.seed for arm in self.arms if QUANTITY[self.key].extract(arm) is not None})
-
-    def text(self) -> str:
-        s = self.spread
-        return f"{self.name} {s.text()} ({s.n} arms, {self.seeds} seeds)"
+    def text(self, weakest: str, strongest: str) -> str:
+        if self.estimate is None:
+            return f"{self.header}: no matched pairs ({strongest} vs {weakest})"
+        side = "lower" if self.expect < 0 else "higher"
+        line = f"{self.header}, {strongest} - {weakest}: {self.estimate.text()} (paper: {side}) -> {self.verdict}"
+        for level, estimate in self.dose:
+            line += f"; {level} - {weakest}: {estimate.text() if estimate else 'no pairs'}"
+        return line
 
 
 @dataclass
@@ -54,140 +50,148 @@ class Finding:
     number: int
     claim: str
     lines: list[str]
-    verdict: str  # "held", "did not hold", "not measured", "not called: ..."
+    verdict: str  # held, reversed, inconclusive, or "not measured: ..."
+    parts: list[Part] = field(default_factory=list)
 
 
-def compare(strong: Side, weak: Side, expect: str, tolerance: bool = False, pairs: list[float] | None = None) -> tuple[str, str]:
-    """(text, verdict) for `strong <expect> weak`; expect is '<' or '>='.
-
-    The pooled line compares all strong-teacher arms with all weak-teacher arms; its
-    spread mixes student policies and teacher counts. When ``pairs`` holds at least two
-    matched differences (strong - weak, same teacher count, student policy and seed),
-    the verdict follows their mean instead. With ``tolerance``, '>=' means 'equal or
-    better': strong is not below weak by more than one standard deviation.
-    """
-    a, b = strong.spread, weak.spread
-    header = f"{QUANTITY[strong.key].header}: {strong.text()} vs {weak.text()}"
-    if a.mean is None or b.mean is None:
-        return header + " (not measured)", "not measured"
-    relation = "strong < weak" if expect == "<" else "strong >= weak"
-    if pairs is not None and len(pairs) >= 2:
-        d = spread(pairs)
-        agree = sum((x < 0) if expect == "<" else (x >= 0) for x in pairs)
-        held = d.mean < 0 if expect == "<" else d.mean >= -(d.std or 0.0) if tolerance else d.mean >= 0
-        evidence = (
-            f"; matched pairs strong - weak: {d.mean:+.4f} ± {fmt(d.std)} over {d.n} pairs, "
-            f"{agree}/{d.n} with {relation}"
-        )
-        within = abs(d.mean) < (d.std or 0.0)
-    else:
-        if expect == "<":
-            held = a.mean < b.mean
-        else:
-            slack = max(a.std or 0.0, b.std or 0.0) if tolerance else 0.0
-            held = a.mean >= b.mean - slack
-        evidence = ""
-        within = abs(a.mean - b.mean) < max(a.std or 0.0, b.std or 0.0)
-    verdict = "held" if held else "did not hold"
-    if min(strong.seeds, weak.seeds) < 2:
-        verdict = f"not called: fewer than two seeds (direction {verdict})"
-    # A difference smaller than its spread is weak evidence: say so.
-    note = " (the difference is within one standard deviation)" if within else ""
-    return f"{header}{evidence}: {relation} {verdict}{note}", verdict
+def group_level(group: Group, scale: StrengthScale) -> str | None:
+    """The strength level of a group whose teachers all share one; None for mixed sets."""
+    levels = {scale.level(label) for label in group.teacher_policies}
+    return levels.pop() if len(levels) == 1 and None not in levels else None
 
 
-def combined(verdicts: list[str]) -> str:
-    measured = [v for v in verdicts if v != "not measured"]
-    if not measured:
-        return "not measured"
-    if any(v.startswith("not called") for v in measured):
-        return "not called: fewer than two seeds"
-    return "held" if all(v == "held" for v in measured) else "did not hold"
+class Pairing:
+    """Per-level values of one quantity, keyed so that equal keys are matched pairs."""
 
+    def __init__(self, groups: list[Group], scale: StrengthScale, teacher_seed: TeacherSeed):
+        self.scale = scale
+        self.teacher_seed = teacher_seed
+        self.by_level: dict[str, list[Group]] = {level: [] for level in scale.levels}
+        for group in groups:
+            level = group_level(group, scale)
+            if level is not None:
+                self.by_level[level].append(group)
 
-def findings(groups: list[Group], strong: Iterable[str] = STRONG_POLICIES, weak: Iterable[str] = WEAK_POLICIES) -> list[Finding]:
-    strong, weak = tuple(strong), tuple(weak)
-    by_class: dict[str, list[Group]] = {"strong": [], "weak": []}
-    for group in groups:
-        cls = teacher_class(group, strong, weak)
-        if cls is not None:
-            by_class[cls].append(group)
-
-    def sides(key: str, teachers_at_least: int = 1, teachers_exactly: int | None = None) -> tuple[Side, Side]:
-        def arms(cls: str) -> list[Arm]:
-            return [
-                arm
-                for g in by_class[cls]
-                if g.n_teachers >= teachers_at_least and (teachers_exactly is None or g.n_teachers == teachers_exactly)
-                for arm in g.arms
-            ]
-
-        return Side("strong", arms("strong"), key), Side("weak", arms("weak"), key)
-
-    def pairs(key: str, teachers_at_least: int = 1, teachers_exactly: int | None = None) -> list[float]:
-        """strong - weak for arms matched on teacher count, student policy and seed."""
-        values: dict[tuple[str, int, str, int], float] = {}
-        for cls, class_groups in by_class.items():
-            for g in class_groups:
-                if g.n_teachers < teachers_at_least or (teachers_exactly is not None and g.n_teachers != teachers_exactly):
+    def student_values(self, key: str, count: int | None = None) -> dict[str, dict[PairKey, float]]:
+        values: dict[str, dict[PairKey, float]] = {}
+        for level, groups in self.by_level.items():
+            for g in groups:
+                if count is not None and g.n_teachers != count:
                     continue
                 for arm in g.arms:
                     value = QUANTITY[key].extract(arm)
                     if value is not None:
-                        values[(cls, g.n_teachers, g.student_policy, arm.seed)] = value
-        return [values[("strong", *k[1:])] - v for k, v in values.items() if k[0] == "weak" and ("strong", *k[1:]) in values]
+                        values.setdefault(level, {})[(g.n_teachers, g.student_policy, arm.seed)] = value
+        return values
 
-    out = []
-    line, verdict = compare(*sides("attn_iou_teacher_teacher", teachers_at_least=2), "<", pairs=pairs("attn_iou_teacher_teacher", teachers_at_least=2))
-    out.append(Finding(1, "Teachers trained with strong augmentation have lower pairwise attention IoU than weak ones.", [line], verdict))
+    def teacher_pair_values(self, quantity: str = "attn_iou") -> dict[str, dict[PairKey, float]]:
+        """Each distinct teacher pair's figure, keyed by the two teachers' seeds (the mean
+        when several arms measured the same pair)."""
+        seen: dict[str, dict[PairKey, list[float]]] = {}
+        for level, groups in self.by_level.items():
+            for g in groups:
+                for arm in g.arms:
+                    for a, b in combinations(arm.teacher_roles, 2):
+                        value = pair_value(arm.final, "test", quantity, a, b)
+                        seeds = (self.teacher_seed(arm, a), self.teacher_seed(arm, b))
+                        if value is not None and None not in seeds:
+                            seen.setdefault(level, {}).setdefault(tuple(sorted(seeds)), []).append(value)
+        return {level: {k: sum(v) / len(v) for k, v in pairs.items()} for level, pairs in seen.items()}
 
-    lines, verdicts = [], []
-    for key in ("fidelity_student_ensemble", "fidelity_student_teacher", "mi_student_ensemble"):
-        line, verdict = compare(*sides(key), "<", pairs=pairs(key))
-        lines.append(line)
-        verdicts.append(verdict)
-    out.append(Finding(2, "Students of strong-augmentation ensembles have lower fidelity and mutual information with their teachers.", lines, combined(verdicts)))
+    def set_values(self, key: str, level: str, count: int) -> list[float]:
+        """One figure per distinct teacher set of a level and count (its first arm's)."""
+        values = []
+        for g in self.by_level.get(level, []):
+            if g.n_teachers == count:
+                found = [v for v in (QUANTITY[key].extract(arm) for arm in g.arms) if v is not None]
+                values += found[:1]
+        return values
 
-    gap_line, gap_verdict = compare(*sides("gap_at_best"), "<", pairs=pairs("gap_at_best"))
-    top1_line, top1_verdict = compare(*sides("test_top1"), ">=", tolerance=True, pairs=pairs("test_top1"))
-    out.append(
-        Finding(
-            3,
-            "The same students have a smaller generalisation gap and equal or better test accuracy "
-            "(equal: strong not below weak by more than the larger spread).",
-            [gap_line, top1_line],
-            combined([gap_verdict, top1_verdict]),
-        )
-    )
-    out.append(teacher_count_finding(by_class, sides, pairs))
+    def counts(self) -> list[int]:
+        ends = [self.by_level.get(level, []) for level in (self.scale.weakest, self.scale.strongest)]
+        return sorted(set.intersection(*({g.n_teachers for g in side} for side in ends))) if all(ends) else []
+
+
+def differences(values: dict[str, dict[PairKey, float]], level: str, reference: str) -> list[float]:
+    mine, theirs = values.get(level, {}), values.get(reference, {})
+    return [mine[k] - theirs[k] for k in sorted(mine, key=repr) if k in theirs]
+
+
+def part(header: str, values: dict[str, dict[PairKey, float]], scale: StrengthScale, expect: int, not_worse: bool = False) -> Part:
+    """strongest - weakest. ``not_worse``: the paper claims 'equal or better', so the part
+    holds unless the interval shows it worse (reversed)."""
+    weakest, strongest = scale.weakest, scale.strongest
+    estimate = paired_estimate(differences(values, strongest, weakest))
+    verdict = decide(estimate, expect)
+    if not_worse and verdict == INCONCLUSIVE and estimate is not None and estimate.low is not None:
+        verdict = HELD
+    dose = [(level, paired_estimate(differences(values, level, weakest))) for level in scale.levels[1:-1]]
+    return Part(header, expect, estimate, verdict, dose)
+
+
+def findings(groups: list[Group], scale: StrengthScale, teacher_seed: TeacherSeed = lambda arm, role: None) -> list[Finding]:
+    claims = {
+        1: "Teachers trained with stronger augmentation have lower pairwise attention IoU.",
+        2: "Students of stronger-augmentation ensembles have lower fidelity and mutual information with their teachers.",
+        3: "The same students have a smaller generalisation gap and equal or better test accuracy.",
+        4: "The effect grows with the number of teachers: the fidelity drop (weakest - strongest) is larger with more teachers.",
+    }
+    if scale.strongest is None:
+        why = f"not measured: needs arms whose teachers all share one policy at two or more strengths (scale: {scale.source})"
+        return [Finding(n, claim, [], why) for n, claim in claims.items()]
+    pairing = Pairing(groups, scale, teacher_seed)
+    weakest, strongest = scale.weakest, scale.strongest
+
+    def finding(number: int, parts: list[Part]) -> Finding:
+        measured = [p for p in parts if p.estimate is not None]
+        verdict = combine([p.verdict for p in measured]) if measured else "not measured: no matched pairs"
+        return Finding(number, claims[number], [p.text(weakest, strongest) for p in parts], verdict, parts)
+
+    out = [finding(1, [part("attn IoU T~T (per teacher pair)", pairing.teacher_pair_values(), scale, -1)])]
+    out.append(finding(2, [
+        part(QUANTITY[key].header, pairing.student_values(key), scale, -1)
+        for key in ("fidelity_student_ensemble", "fidelity_student_teacher", "mi_student_ensemble")
+    ]))
+    out.append(finding(3, [
+        part(QUANTITY["gap_at_best"].header, pairing.student_values("gap_at_best"), scale, -1),
+        part(QUANTITY["test_top1"].header + " (equal or better: held unless the CI is below 0)",
+             pairing.student_values("test_top1"), scale, +1, not_worse=True),
+    ]))
+    out.append(teacher_count_finding(pairing, claims[4]))
     return out
 
 
-def teacher_count_finding(by_class: dict[str, list[Group]], sides: Callable[..., tuple[Side, Side]], pairs: Callable[..., list[float]]) -> Finding:
-    """Finding 4: the weak-minus-strong fidelity drop per number of teachers must be positive
-    (finding 2's direction) and grow with it; matched pairs when there are two or more."""
-    claim = "The effect grows with the number of teachers: the weak-minus-strong fidelity drop increases from 1T to 2T to 3T."
-    counts = sorted({g.n_teachers for g in by_class["strong"]} & {g.n_teachers for g in by_class["weak"]})
-    lines, drops, thin = [], [], False
+def teacher_count_finding(pairing: Pairing, claim: str) -> Finding:
+    """Finding 4: per teacher count n, the drop d_n = fidelity(weakest) - fidelity(strongest)
+    per (student policy, seed); decided on d_max - d_min over the same (student policy,
+    seed), which the paper predicts positive."""
+    scale = pairing.scale
+    counts = pairing.counts()
+    drops: dict[int, dict[tuple, float]] = {}
+    lines = []
     for n in counts:
-        strong_side, weak_side = sides("fidelity_student_ensemble", teachers_exactly=n)
-        s, w = strong_side.spread, weak_side.spread
-        if s.mean is None or w.mean is None:
-            continue
-        matched = pairs("fidelity_student_ensemble", teachers_exactly=n)
-        drops.append(-statistics.fmean(matched) if len(matched) >= 2 else w.mean - s.mean)
-        thin |= min(strong_side.seeds, weak_side.seeds) < 2
-        diversity = sides("attn_iou_teacher_teacher", teachers_exactly=n)[0].spread
-        extra = f"; strong teachers' attn IoU T~T {diversity.text()}" if diversity.mean is not None else ""
-        lines.append(f"{n} teachers: fidelity s~ens weak - strong = {fmt(drops[-1])} ({weak_side.text()}; {strong_side.text()}){extra}")
-    if len(drops) < 2:
-        lines.append("needs strong- and weak-teacher arms at two or more teacher counts")
-        return Finding(4, claim, lines, "not measured")
-    held = drops[0] > 0 and all(later > earlier for earlier, later in zip(drops, drops[1:]))
-    verdict = "held" if held else "did not hold"
-    if thin:
-        verdict = f"not called: fewer than two seeds (direction {verdict})"
-    return Finding(4, claim, lines, verdict)
+        values = pairing.student_values("fidelity_student_ensemble", count=n)
+        weak, strong = values.get(scale.weakest, {}), values.get(scale.strongest, {})
+        drops[n] = {k[1:]: weak[k] - strong[k] for k in weak if k in strong}
+        estimate = paired_estimate(drops[n][k] for k in sorted(drops[n], key=repr))
+        diversity = ""
+        if n >= 2:  # the teacher sets' own diversity (one value per set: students do not change it)
+            diversity = "; attn IoU T~T " + ", ".join(f"{level} {describe_mean(pairing.set_values('attn_iou_teacher_teacher', level, n))}"
+                                                      for level in (scale.weakest, scale.strongest))
+        lines.append(f"{n} teacher{'s' if n > 1 else ''}: fidelity s~ens {scale.weakest} - {scale.strongest}: "
+                     f"{estimate.text() if estimate else 'no pairs'}{diversity}")
+    if len(counts) < 2:
+        lines.append("needs arms at two or more teacher counts under both the weakest and the strongest policy")
+        return Finding(4, claim, lines, "not measured: one teacher count")
+    low, high = counts[0], counts[-1]
+    contrast = paired_estimate(drops[high][k] - drops[low][k] for k in sorted(drops[high], key=repr) if k in drops[low])
+    verdict = decide(contrast, +1)
+    means = [paired_estimate(drops[n].values()) for n in counts]
+    monotone = all(a is not None and b is not None and b.mean > a.mean for a, b in zip(means, means[1:]))
+    lines.append(f"drop at {high} - drop at {low} teachers: {contrast.text() if contrast else 'no pairs'} (paper: higher) -> {verdict}; "
+                 f"mean drops {'increase' if monotone else 'do not increase'} monotonically over {', '.join(map(str, counts))} teachers")
+    return Finding(4, claim, lines, verdict if contrast is not None else "not measured: no matched pairs",
+                   [Part("fidelity drop growth", +1, contrast, verdict)])
 
 
 def findings_markdown(items: list[Finding]) -> str:
@@ -196,3 +200,11 @@ def findings_markdown(items: list[Finding]) -> str:
         parts.append(f"{f.number}. {f.claim} **{f.verdict}**")
         parts += [f"   - {line}" for line in f.lines]
     return "\n".join(parts)
+
+
+RULE = (
+    f"Decision rule ({CI_METHOD} over matched pairs): **{HELD}** when the interval excludes 0 in the paper's "
+    f"direction, **{REVERSED}** when it excludes 0 the other way, **{INCONCLUSIVE}** otherwise; d_z is the mean "
+    "difference over the differences' std. A finding of several parts holds when every part holds and is reversed "
+    "when any part is reversed."
+)

@@ -137,3 +137,39 @@ def representative_arm(groups: list[Group], has: Callable[[Arm], bool]) -> Arm |
 
 def safe_file_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", label) or "run"
+
+
+STRENGTH_PANELS = ("attn_iou_teacher_teacher", "fidelity_student_ensemble", "gap_at_best", "test_top1")
+
+
+def plot_strength_axis(groups: list[Group], level_of_group: Callable[[Group], str | None], levels: list[str],
+                       affinity: dict[str, float], path: Path) -> Path | None:
+    """Dose-response: each quantity against teacher strength (affinity, or the level's rank
+    when unmeasured), one line per teacher count, error bars one std over seeds."""
+    placed = [(g, level_of_group(g)) for g in groups]
+    placed = [(g, level) for g, level in placed if level in levels]
+    if len(levels) < 2 or not placed:
+        return None
+    x_of = {level: affinity.get(level, float(rank)) for rank, level in enumerate(levels)}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(STRENGTH_PANELS), figsize=(4.0 * len(STRENGTH_PANELS), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], STRENGTH_PANELS):
+        for count in sorted({g.n_teachers for g, _ in placed}):
+            points = sorted((x_of[level], group_spread(g, key)) for g, level in placed if g.n_teachers == count)
+            points = [(x, s) for x, s in points if s.mean is not None]
+            if points:
+                ax.errorbar([x for x, _ in points], [s.mean for _, s in points], yerr=[s.std or 0.0 for _, s in points],
+                            marker="o", capsize=3, label=f"{count} teacher{'s' if count > 1 else ''}")
+        ax.set_title(AXIS_LABELS.get(key, QUANTITY[key].header), fontsize=8)
+        ax.set_xlabel("teacher policy affinity (lower: stronger)" if affinity else "teacher strength rank")
+        if affinity:
+            ax.invert_xaxis()  # stronger to the right
+        ax.set_xticks([x_of[level] for level in levels])
+        ax.set_xticklabels([f"{level}\n{fmt(affinity[level], 2)}" if level in affinity else level for level in levels], fontsize=6)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Teacher augmentation strength vs the study's quantities (bars: std over seeds)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path

@@ -105,6 +105,8 @@ QUANTITIES = [
     Quantity("attn_iou_teacher_teacher", "attn IoU T~T", teacher_teacher_mean("attn_iou")),
     Quantity("attn_iou_student_teacher", "attn IoU s~T", student_teacher_mean("attn_iou")),
     Quantity("attn_object_iou_student", "attn obj IoU s", own("attn_object_iou")),
+    Quantity("attn_object_iou_random_student", "attn obj IoU s (random)", own("attn_object_iou_random")),
+    Quantity("attn_object_iou_disc_student", "attn obj IoU s (disc)", own("attn_object_iou_disc")),
 ]
 QUANTITY = {q.key: q for q in QUANTITIES}
 
