@@ -64,7 +64,8 @@ class Metric:
     ``metrics.jsonl`` and, from the last epoch, in ``summary.json`` (``final``) and the
     checkpoint manifest; values that are lists (for example reliability-diagram bins)
     are kept only in ``summary.json``. The table ``kdzoo run`` prints has fixed columns
-    (test ``top1``, ``fidelity`` to the ensemble, ``attn_object_iou``): a plugin's
+    (test ``top1``, ``fidelity`` to the ensemble, ``attn_object_iou`` and its
+    ``attn_object_iou_random`` / ``attn_object_iou_disc`` baselines): a plugin's
     other figures are in the files, not in that table. Figures of all metrics share
     one namespace: use quantity names of your own. Heavy metrics set
     ``final_only = True``.

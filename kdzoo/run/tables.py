@@ -10,15 +10,28 @@ from kdzoo import rundir
 from kdzoo.api.keys import ENSEMBLE, metric_key, pair_metric_key
 from kdzoo.tables import markdown_table
 
+# Same-area baselines of the attention-on-object IoU: (quantity, column header).
+OBJECT_BASELINES = (
+    ("attn_object_iou_random", "object IoU: random mask, same area"),
+    ("attn_object_iou_disc", "object IoU: centred disc, same area"),
+)
+
 
 def run_table(summary: dict[str, Any]) -> str:
     """Per-model table of one run: test top-1, fidelity to the teacher ensemble, time; and
-    attention-on-object IoU when the dataset has object masks and the metric ran."""
+    attention-on-object IoU (and its same-area random and centred-disc baselines) when the
+    dataset has object masks and the metric ran."""
     final = summary["final"]
     role = summary["role"]
     models = [(t, "teacher", info) for t, info in summary.get("teachers", {}).items()]
     models.append((role, "student" if role == "student" else "model", None))
     with_object = any(metric_key("test", "attn_object_iou", name) in final for name, _, _ in models)
+    # The chance levels to read it against (same area as the model's mask), when recorded.
+    baselines = [
+        (quantity, header)
+        for quantity, header in OBJECT_BASELINES
+        if any(metric_key("test", quantity, name) in final for name, _, _ in models)
+    ]
     rows = []
     for name, kind, info in models:
         if info is None:
@@ -29,9 +42,11 @@ def run_table(summary: dict[str, Any]) -> str:
         row = [name, kind, final.get(metric_key("test", "top1", name)), final.get(pair_metric_key("test", "fidelity", name, ENSEMBLE))]
         if with_object:
             row.append(final.get(metric_key("test", "attn_object_iou", name)))
+        row += [final.get(metric_key("test", quantity, name)) for quantity, _ in baselines]
         rows.append([*row, seconds])
     headers = ["model", "role", "test top-1", "fidelity to ensemble"]
     headers += ["attention on object (IoU)"] if with_object else []
+    headers += [header for _, header in baselines]
     return markdown_table([*headers, "time (s)"], rows)
 
 

@@ -12,6 +12,7 @@ from kdzoo.api import EvalBatch, Metric, Network
 from kdzoo.api import KdzooError
 from kdzoo_metrics.attention import attention_maps, binary_masks, mask_overlap, required_taps, resolve_method
 from kdzoo.api import pair_key, role_key, role_pairs
+from kdzoo_metrics.object_baselines import centre_ranks, masks_of_area, random_ranks
 from kdzoo_metrics.tally import Tally
 
 # Overlays are stored as JSON lists in every run's summary: keep them thumbnail-sized.
@@ -43,6 +44,12 @@ class AttentionIoU(Metric):
       weighted by run length;
     - ``attn_object_iou/<role>``: per-image IoU of each model's mask with the
       ground-truth object mask, when the dataset provides masks;
+    - ``attn_object_iou_random/<role>`` and ``attn_object_iou_disc/<role>``: the same
+      IoU for masks with exactly as many pixels as that model's mask on that image but
+      blind to it: drawn uniformly at random (a fixed seed plus the image's index in the
+      split, so the same on every run and for any batch size), and a centred disc (the
+      pixels nearest the centre); see :mod:`kdzoo_metrics.object_baselines`. The chance
+      levels ``attn_object_iou`` is to be read against;
     - ``attn_overlay/<role>`` and ``attn_overlay_images`` (lists, not figures): every
       model's normalised map of the first ``overlay_images`` images (3 decimals) and
       those images as uint8 ``(N, 3, H, W)`` nested lists, both at most
@@ -53,6 +60,10 @@ class AttentionIoU(Metric):
     empty mask. An image whose two masks are both empty has no defined IoU and is left
     out of the per-image means (and adds nothing to its run's pooled pixels); a figure
     with no image left is nan. An empty mask against a non-empty one has IoU 0.
+    So an image counts in a model's three object figures when its mask or the object
+    mask is non-empty (an empty model mask, and so empty baselines, against an object
+    gives 0 in all three) and is left out of all three when both are empty: the
+    baselines have the model's area, so the three are means over the same images.
     """
 
     final_only: ClassVar[bool] = True
@@ -140,9 +151,21 @@ class AttentionIoU(Metric):
             objects = batch.masks.to(next(iter(masks.values())).device)
             if objects.shape[-2:] != batch.images.shape[-2:]:
                 objects = F.interpolate(objects[:, None].float(), size=batch.images.shape[-2:], mode="nearest")[:, 0]
-            objects = objects.bool()
-            for role in roles:
-                self._add_per_image(role_key("attn_object_iou", role), *mask_overlap(masks[role], objects))
+            self._add_object_ious(masks, objects.bool(), offset)
+
+    def _add_object_ious(self, masks: dict[str, Tensor], objects: Tensor, offset: int) -> None:
+        """Each model's object IoU and its two same-area baselines (one random ranking of
+        the batch's pixels and the centre ranking serve every role)."""
+        count, height, width = objects.shape
+        random_order = random_ranks(count, height, width, offset).to(objects.device)
+        centre_order = centre_ranks(height, width).to(objects.device)
+        for role, mask in masks.items():
+            areas = mask.sum(dim=(1, 2))
+            self._add_per_image(role_key("attn_object_iou", role), *mask_overlap(mask, objects))
+            random_mask = masks_of_area(random_order, areas, height, width)
+            self._add_per_image(role_key("attn_object_iou_random", role), *mask_overlap(random_mask, objects))
+            disc = masks_of_area(centre_order, areas, height, width)
+            self._add_per_image(role_key("attn_object_iou_disc", role), *mask_overlap(disc, objects))
 
     def _add_runs(self, overlaps: dict[str, tuple[Tensor, Tensor]], total: int, offset: int) -> None:
         """Pool pixels over runs of per_batch_size consecutive images (runs straddle batches)."""

@@ -163,10 +163,11 @@ def test_constant_cams_after_upsampling_give_no_iou(build, run_metric, make_batc
     batch = make_batch(logits, torch.zeros(2, dtype=torch.long), images=images, networks=networks, student=None,
                        masks=objects)
     result = run_metric(build("attention-iou", overlay_images=0), batch, 2)
-    assert set(result) == {"attn_iou/t1~t2", "attn_iou_per_batch/t1~t2", "attn_object_iou/t1", "attn_object_iou/t2"}
+    objects_keys = {f"attn_object_iou{kind}/{role}" for kind in ("", "_random", "_disc") for role in ("t1", "t2")}
+    assert set(result) == {"attn_iou/t1~t2", "attn_iou_per_batch/t1~t2"} | objects_keys
     assert result["attn_iou/t1~t2"] != result["attn_iou/t1~t2"]  # nan
     assert result["attn_iou_per_batch/t1~t2"] != result["attn_iou_per_batch/t1~t2"]
-    assert result["attn_object_iou/t1"] == 0.0 and result["attn_object_iou/t2"] == 0.0
+    assert all(result[key] == 0.0 for key in objects_keys)  # empty masks (and so empty baselines): 0
 
 
 # --------------------------------------------------------------------------- ViT maps
@@ -289,9 +290,16 @@ def test_attention_iou_metric_by_hand(build, run_metric, make_batch):
         "attn_object_iou/t1": 1 / 3,
         "attn_object_iou/t2": 2 / 3,
         "attn_object_iou/student": 2 / 3,
+        # On a 2x2 image all four pixels tie for the centre: discs fill in raster order,
+        # 1 pixel [[1, 0], [0, 0]] for t1, 2 pixels [[1, 1], [0, 0]] for t2 and the student.
+        "attn_object_iou_disc/t1": 1 / 3,
+        "attn_object_iou_disc/t2": 2 / 3,
+        "attn_object_iou_disc/student": 2 / 3,
     }
     expected |= {key.replace("attn_iou/", "attn_iou_per_batch/"): value for key, value in expected.items() if "~" in key}
-    assert result == pytest.approx(expected)
+    random = {key for key in result if key.startswith("attn_object_iou_random/")}  # see test_object_baselines.py
+    assert random == {"attn_object_iou_random/t1", "attn_object_iou_random/t2", "attn_object_iou_random/student"}
+    assert {key: value for key, value in result.items() if key not in random} == pytest.approx(expected)
 
 
 def test_per_image_and_per_batch_iou_differ(build, run_metric, make_batch):
@@ -321,7 +329,10 @@ def test_object_iou_in_a_train_run_with_synthetic_mask(build, run_metric, make_b
         teachers=(),
         student="model",
     )
-    assert run_metric(build("attention-iou", overlay_images=0), batch, 1) == {"attn_object_iou/model": 1.0}
+    result = run_metric(build("attention-iou", overlay_images=0), batch, 1)
+    assert set(result) == {"attn_object_iou/model", "attn_object_iou_random/model", "attn_object_iou_disc/model"}
+    # The centred square is also the centred disc of its area.
+    assert result["attn_object_iou/model"] == 1.0 and result["attn_object_iou_disc/model"] == 1.0
 
 
 def test_constant_maps_give_no_iou(build, run_metric, make_batch):
