@@ -172,9 +172,10 @@ def load_model(run_dir_or_checkpoint: str | Path, device: str = "cpu", plugins_d
     Takes a run directory (a grid's arm: ``RunResult.run_dirs[arm]``), a cached teacher's
     folder, or a checkpoint file (``model.safetensors`` or its ``model.json``). The model is
     rebuilt by its plugin (the run's own plugin files are loaded, and ``plugins_dirs``) and
-    its weights' sha256 checked. Loss modules (connectors, projectors) are not part of it:
-    no kdzoo method predicts through them; kdzoo's ``simkd`` trains the student's own head
-    and evaluates it, so this is the model its metrics describe (docs/python-api.md).
+    its weights' sha256 checked. Loss modules (connectors) are not part of it, except the
+    head a loss supplies for the student to predict through: a SimKD student predicts
+    through its projector and the teacher's classifier, saved in its checkpoint. Either
+    way this is the model its metrics describe (docs/python-api.md).
 
     A directory that is not a finished run (a grid, a failed, stopped or running run)
     raises ``KdzooError`` saying which."""

@@ -9,7 +9,9 @@ A run directory::
                          (``student.``), loss (``losses.``) and optimizer (``optimizer.``)
                          tensors, with epoch, step and the optimizer's other state in
                          the header (one file: one atomic commit)
-    model.safetensors    the trained network's body (``body.``) and loss tensors (``losses.``)
+    model.safetensors    the trained network's body (``body.``) and loss tensors (``losses.``);
+                         a student that predicts through a loss's head (SimKD) also holds
+                         the head (``head.``), which its manifest describes under ``head``
     model.json           the checkpoint manifest (format, model reference, spec, versions, metrics)
     summary.json         written last: its presence (with the checkpoint) marks the run finished
     failed.json          a grid arm that stopped (the error)
@@ -54,6 +56,7 @@ CHECKPOINT_FORMAT = "kdzoo-checkpoint/1"
 # Tensor-key prefixes.
 BODY_PREFIX = "body."  # Network.body's state dict, in model.safetensors
 LOSSES_PREFIX = "losses."  # the loss modules' state (connectors, memory banks), both files
+HEAD_PREFIX = "head."  # the head a loss supplies for the student to predict through (SimKD), in model.safetensors
 STUDENT_PREFIX = "student."  # the whole trained Network's state dict, in state/
 OPTIMIZER_PREFIX = "optimizer."  # optimizer tensors, in state/: optimizer.<param index>.<name>
 

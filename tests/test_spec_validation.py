@@ -35,7 +35,7 @@ MALFORMED = [
     ("epochs not a number", "epochs", "many", "epochs: Input should be a valid integer"),
     ("zero batch size", "batch_size", 0, "batch_size:"),
     ("negative seed", "seed", -3, "seed:"),
-    ("unknown optimizer", "optimizer", {"name": "adam"}, "optimizer.name: Input should be 'sgd' or 'adamw'"),
+    ("unknown optimizer", "optimizer", {"name": "adam"}, "optimizer.name: Input should be 'sgd', 'adamw' or 'dot'"),
     ("negative lr", "optimizer", {"lr": -0.1}, "optimizer.lr: Input should be greater than 0"),
     ("momentum of 1", "optimizer", {"momentum": 1.0}, "optimizer.momentum:"),
     ("unknown schedule", "schedule", {"name": "poly"}, "schedule.name:"),

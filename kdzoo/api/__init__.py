@@ -31,6 +31,9 @@ _EXPORTS: dict[str, str] = {
     "DistillBatch": "kdzoo.api.losses",
     "SetupContext": "kdzoo.api.losses",
     "TapShapes": "kdzoo.api.losses",
+    "ViewRequest": "kdzoo.api.losses",
+    "ViewOutputs": "kdzoo.api.losses",
+    "StudentHead": "kdzoo.api.losses",
     # metrics
     "Metric": "kdzoo.api.metrics",
     "EvalBatch": "kdzoo.api.metrics",
@@ -65,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "MODEL_FILE": "kdzoo.rundir",  # a run directory's checkpoint tensors: Network.body under BODY_PREFIX, loss state under LOSSES_PREFIX
     "BODY_PREFIX": "kdzoo.rundir",
     "LOSSES_PREFIX": "kdzoo.rundir",
+    "HEAD_PREFIX": "kdzoo.rundir",
 }
 
 __all__ = sorted([*_EXPORTS, "PLUGIN_API_VERSION", "hookimpl"])
@@ -88,10 +92,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from kdzoo.api.data import Augmentation, ImageData
     from kdzoo.api.distributed import Reducer, all_gather_tensor, rank, world_size
     from kdzoo.api.keys import ENSEMBLE, pair_key, role_key
-    from kdzoo.api.losses import DistillBatch, Loss, ModelOutputs, SetupContext, TapShapes
+    from kdzoo.api.losses import DistillBatch, Loss, ModelOutputs, SetupContext, StudentHead, TapShapes, ViewOutputs, ViewRequest
     from kdzoo.api.metrics import EvalBatch, Metric, ensemble_logits, role_logits, role_pairs, student_role
     from kdzoo.api.models import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, CamHead, Network
     from kdzoo.api.params import NoParams, Params
     from kdzoo.api.taps import tapped
     from kdzoo.errors import KdzooError, did_you_mean
-    from kdzoo.rundir import BODY_PREFIX, LOSSES_PREFIX, MODEL_FILE
+    from kdzoo.rundir import BODY_PREFIX, HEAD_PREFIX, LOSSES_PREFIX, MODEL_FILE

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdzoo.api import CamHead, DistillBatch, EvalBatch, Loss, Metric, ModelOutputs, Network, SetupContext
+from kdzoo.api import CamHead, DistillBatch, EvalBatch, Loss, Metric, ModelOutputs, Network, SetupContext, ViewOutputs
 from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
 from kdzoo.host.registry import Registry
 from kdzoo.api.taps import tapped
@@ -160,7 +160,10 @@ def make_distill_batch(
     """One training step's :class:`kdzoo.api.DistillBatch`, prepared the way the engine does it.
 
     A loss with ``uses_peers`` gets one peer student (``batch.peers["peer"]``): a copy of
-    ``student`` with perturbed weights, run on the same images without gradients.
+    ``student`` with perturbed weights, run on the same images without gradients. A loss
+    that asks for further views (``Loss.views``) gets each in ``batch.views``: other
+    random images stand in for the view's augmentation (``images`` requiring grad, as the
+    batch's), run through the teachers (as the batch's) and the student (with gradient).
 
     Asks ``loss.taps`` for module paths, runs ``loss.setup`` with the tapped shapes
     (skip with ``setup=False`` for later steps), freezes the teachers and runs them
@@ -224,6 +227,14 @@ def make_distill_batch(
             peer_logits, peer_features = _forward_with_taps(peer, images.detach(), student_paths)
         peers["peer"] = ModelOutputs(peer_logits, peer_features)
     logits, features = _forward_with_taps(student, images, student_paths)
+    views = {}
+    for offset, (name, request) in enumerate(loss.views().items()):
+        view_images = random_images(batch_size, IMAGE_SIZE, seed + 10 + offset).float().div_(255).requires_grad_(True)
+        with torch.no_grad():
+            view_teachers = [ModelOutputs(*_forward_with_taps(t, view_images.detach(), paths)) for t, paths in zip(teacher_list, teacher_paths)]
+        if teacher_requires_grad:
+            view_teachers = [ModelOutputs(_as_grad_leaf(o.logits), {k: _as_grad_leaf(v) for k, v in o.features.items()}) for o in view_teachers]
+        views[name] = ViewOutputs(view_images, ModelOutputs(*_forward_with_taps(student, view_images, student_paths)), view_teachers)
     return DistillBatch(
         student=ModelOutputs(logits, features),
         teachers=teacher_outputs,
@@ -235,14 +246,17 @@ def make_distill_batch(
         step=step,
         steps=steps,
         peers=peers,
+        views=views,
     )
 
 
 def logits_batch(student: Tensor, teachers: Sequence[Tensor] = (), targets: Tensor | None = None, *, epoch: int = 0,
-                 epochs: int = 1, peers: dict[str, Tensor] | None = None) -> DistillBatch:
+                 epochs: int = 1, peers: dict[str, Tensor] | None = None,
+                 views: dict[str, tuple[Tensor, Sequence[Tensor]]] | None = None) -> DistillBatch:
     """A :class:`kdzoo.api.DistillBatch` of given logits only, for testing a logit loss
     against its formula: ``student`` ``(B, C)``, one ``(B, C)`` per teacher, ``targets``
-    (default zeros), placeholder images and indices; ``peers``: name -> logits."""
+    (default zeros), placeholder images and indices; ``peers``: name -> logits;
+    ``views``: name -> (the student's logits, the teachers' logits) on that view."""
     n = student.shape[0]
     return DistillBatch(
         student=ModelOutputs(student),
@@ -253,6 +267,8 @@ def logits_batch(student: Tensor, teachers: Sequence[Tensor] = (), targets: Tens
         epoch=epoch,
         epochs=epochs,
         peers={name: ModelOutputs(p) for name, p in (peers or {}).items()},
+        views={name: ViewOutputs(torch.zeros(n, 3, 4, 4), ModelOutputs(s), [ModelOutputs(t) for t in ts])
+               for name, (s, ts) in (views or {}).items()},
     )
 
 

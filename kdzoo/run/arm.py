@@ -23,17 +23,18 @@ from torch import Tensor, nn
 
 from kdzoo import rundir
 from kdzoo.api import ImageData, ModelOutputs, SetupContext
-from kdzoo.api.keys import metric_key, split_key, trained_role
+from kdzoo.api.keys import split_key, trained_role
 from kdzoo.errors import KdzooError
 from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_loss, build_metric, build_model, plugin_code
 from kdzoo.run import distributed
 from kdzoo.run.checkpoint import save_checkpoint, versions, write_json, write_text
 from kdzoo.run.data import in_layout, to_float
-from kdzoo.run.evaluator import Evaluator, forward_with_taps
+from kdzoo.run.evaluator import Evaluator, forward_with_taps, generalisation_gap
+from kdzoo.run.heads import record_head, student_predictor
 from kdzoo.run.runtime import Runtime, compile_forward, wants_channels_last
-from kdzoo.run.schedule import lr_factor, make_optimizer
-from kdzoo.run.state import load_state, save_state
+from kdzoo.run.stages import Stage, plan_stages, saved_stage, stage_at, stage_optimizer
+from kdzoo.run.state import load_state, save_state, state_meta
 from kdzoo.run.step import LossTally, StepModule, divergence_error, wrap_ddp
 from kdzoo.run.teachers import Teacher
 from kdzoo.run.tracking import Trackers
@@ -99,7 +100,7 @@ class Arm:
         self.loss_components = [registry.get("loss", term.name) for term in spec.losses]
         self.losses = nn.ModuleList(build_loss(registry, term.name, term.params) for term in spec.losses)
         self.metric_components = [registry.get("metric", ref.name) for ref in spec.metrics]
-        self.weights = [term.weight for term in spec.losses]
+        self.stages = plan_stages(spec)
         for term, loss in zip(spec.losses, self.losses):
             if loss.uses_teachers and not teachers:
                 raise KdzooError(f"losses: '{term.name}' distils from teachers, but a {spec.kind} run has none")
@@ -123,13 +124,16 @@ class Arm:
             self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
         if spec.compile:  # after the losses' setup: its sample forward would compile for a batch of 8
             compile_forward(self.network)
-        self.optimizer = make_optimizer(spec, list(self.network.parameters()) + list(self.losses.parameters()))
+        self.stage: Stage | None = None
+        self.enter_stage(self.stages[0])  # its optimizer, weights and DOT split
         self.step_module = StepModule(self.network, self.losses, self.loss_components, self.student_taps)
         if distributed.active():  # broadcasts rank 0's parameters: every rank starts equal
             if self.channels_last[self.role]:  # connectors' gradients follow the features' layout: DDP's buckets must too
                 self.losses.to(memory_format=torch.channels_last)
             self.step_module = wrap_ddp(self.step_module, device)
-        roles = {self.role: self.network, **{t.role: t.network for t in teachers}}
+        # what the student predicts through: its own head, or a loss's (SimKD: projector + the teacher's classifier)
+        self.head, self.predictor = student_predictor(self.network, spec.losses, self.loss_components, self.losses)
+        roles = {self.role: self.predictor, **{t.role: t.network for t in teachers}}
         shared = inputs.frozen_logits.setdefault(limit, {})  # the train split's images depend on the limit
         self.evaluator = Evaluator(inputs.runtime, roles, self.channels_last, tuple(t.role for t in teachers), self.role, shared)
         # the loop's state: set by begin(), advanced by each step
@@ -180,12 +184,23 @@ class Arm:
             with plugin_code(component, "setup"):
                 loss.setup(context)
 
-    # -- state ---------------------------------------------------------------------
+    # -- stages and state ----------------------------------------------------------
+    def enter_stage(self, stage: Stage) -> None:
+        """Train as ``stage`` says from the next step on (a new stage: a fresh optimizer over what it trains)."""
+        if stage is not self.stage:
+            self.stage, self.weights = stage, list(stage.weights)
+            # DOT: task_terms says which terms are the task's (the rest distil); None: one gradient of the summed loss
+            self.optimizer, self.task_terms = stage_optimizer(stage, self.network, self.losses, self.spec.losses)
+
     def save_state(self, epoch: int, step: int) -> None:
         if self.main:
-            save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), distributed.world_size())
+            save_state(self.run_dir, epoch, step, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"),
+                       distributed.world_size(), stage=self.stage.meta(epoch))
 
     def load_state(self, force: bool = False) -> tuple[int, int]:
+        meta = state_meta(self.run_dir)
+        if meta is not None:  # the optimizer the state was saved from: its stage's
+            self.enter_stage(saved_stage(self.stages, meta))
         return load_state(self.run_dir, self.network, self.losses, self.optimizer, self.spec.model_dump(mode="json"), force,
                           world_size=distributed.world_size(), log=self.log)
 
@@ -224,7 +239,9 @@ class Arm:
         return nullcontext() if self.rng is None else self.rng.active()
 
     def begin_epoch(self, fused: bool) -> None:
-        self.network.train()
+        # Every epoch takes steps_per_epoch steps: the step tells the epoch, hence the stage.
+        self.enter_stage(stage_at(self.stages, self.step // self.steps_per_epoch))
+        self.network.train(not self.stage.student_frozen)  # a frozen student keeps its BatchNorm statistics
         self.losses.train()
         self.tally = LossTally(["loss", *(f"loss/{t.name}" for t in self.spec.losses)], self.inputs.runtime.device)
         self.rng = RngStream(self.inputs.runtime.device) if fused else None  # the epoch's seed, just set
@@ -241,17 +258,23 @@ class Arm:
 
     def train_step(self, images: Tensor, teachers: list[ModelOutputs], targets: Tensor, index: Tensor, epoch: int,
                    student: ModelOutputs | None = None, peers: dict[str, ModelOutputs] | None = None) -> None:
-        spec = self.spec
-        lr = spec.optimizer.lr * lr_factor(spec, self.step, self.total_steps, self.steps_per_epoch)
+        # The stage's lr, epoch and step counts, and (in a run with stages) its name and the terms it computes.
+        lr, counts, extra = self.stage.at_step(epoch, self.step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.inputs.runtime.autocast():
-            extra = {} if student is None else {"student": student, "peers": peers}
-            terms = self.step_module(images, teachers, targets, index, epoch, spec.epochs, self.step, self.total_steps, **extra)
-        total = sum(w * t for w, t in zip(self.weights, terms))
-        self.tally.add(self.step, total, terms)  # on the device: no wait
+            extra.update({} if student is None else {"student": student, "peers": peers})
+            terms = self.step_module(images, teachers, targets, index, *counts, **extra)
+        weighted = [None if t is None else w * t for w, t in zip(self.weights, terms)]
+        total = sum(x for x in weighted if x is not None)
+        self.tally.add(self.step, total, [total.new_zeros(()) if t is None else t for t in terms])  # on the device: no wait
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.task_terms is None:
+            total.backward()
+        else:  # DOT: the distillation gradient first, then the task's (mdistiller's order)
+            sum(x for x, task in zip(weighted, self.task_terms) if not task and x is not None).backward(retain_graph=True)
+            self.optimizer.stash_distill_grads()
+            sum(x for x, task in zip(weighted, self.task_terms) if task and x is not None).backward()
         self.optimizer.step()
         self.step += 1
 
@@ -263,12 +286,13 @@ class Arm:
             raise divergence_error(self.spec.losses, rundir.state_file(self.run_dir), epoch, bad) from cause
 
     def epoch_losses(self) -> dict[str, float]:
-        return distributed.mean_over_ranks(self.tally.means())
+        return self.stage.computed_figures(distributed.mean_over_ranks(self.tally.means()), self.spec.losses)
 
     def end_epoch(self, epoch: int, losses: dict[str, float], train_time: float) -> dict[str, Any]:
         """Evaluate (when due), append the epoch's record and save the state."""
         spec = self.spec
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, "train_time_s": round(train_time, 3)}
+        record: dict[str, Any] = {"epoch": epoch + 1, **({} if self.stage.name is None else {"stage": self.stage.name}),
+                                  "lr": self.optimizer.param_groups[0]["lr"], **losses, "train_time_s": round(train_time, 3)}
         last = epoch + 1 == spec.epochs
         if last or (epoch + 1) % spec.eval.every == 0:
             found = self.evaluate(final=last, epoch=epoch)
@@ -285,7 +309,7 @@ class Arm:
     # -- evaluation and the end ------------------------------------------------------
     def evaluate(self, final: bool, epoch: int | None = None) -> dict[str, Any]:
         spec, data = self.spec, self.inputs.data
-        self.network.eval()
+        self.predictor.eval()  # the student, and the head it predicts through (if a loss supplies one)
         # Rank 0's BatchNorm statistics (the student's, the connectors'): every rank evaluates, and holds, one model.
         distributed.broadcast_buffers(self.network)
         distributed.broadcast_buffers(self.losses)
@@ -351,6 +375,7 @@ class Arm:
             "plugin_files": self.host.plugin_files(),
             "metrics": {k: v for k, v in final.items() if is_scalar(v)},
         }
+        record_head(self.head, tensors, manifest, summary)  # the head the student predicts through, if a loss supplies one
         if self.network.weights_source:  # pretrained: where the starting weights came from
             manifest["initial_weights"] = self.network.weights_source
         if self.main:
@@ -362,20 +387,3 @@ class Arm:
         distributed.barrier()  # the run is finished (files published) when any rank returns
         return summary
 
-
-def generalisation_gap(records: list[dict[str, Any]], role: str) -> dict[str, float]:
-    """The study's gap: train top-1 at the best-test epoch minus the best test top-1; and at the last epoch."""
-    train_key, test_key = metric_key("train", "top1", role), metric_key("test", "top1", role)
-    scored = [r for r in records if test_key in r]
-    out: dict[str, float] = {}
-    if not scored:
-        return out
-    best = max(scored, key=lambda r: r[test_key])
-    out["best_test_top1"] = best[test_key]
-    out["best_epoch"] = best["epoch"]
-    if train_key in best:
-        out["gap_at_best"] = best[train_key] - best[test_key]
-    last = scored[-1]
-    if train_key in last:
-        out["gap_final"] = last[train_key] - last[test_key]
-    return out

@@ -5,7 +5,8 @@ every per-batch quantity is what it is in one process), then each metric's
 ``reduce`` combines the ranks' accumulators and every rank computes the same figures
 (the contract is in :class:`kdzoo.api.Metric`). An augmented split (``test_aug``)
 draws every batch's augmentation on every rank, in order, from the one generator:
-batch ``i`` gets the images a single process would give it.
+batch ``i`` gets the images a single process would give it. And the study's
+generalisation gap, from a run's evaluation records.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import EvalBatch, Metric, Network, Reducer
+from kdzoo.api.keys import metric_key
 from kdzoo.api.taps import tapped
 from kdzoo.errors import ComponentError
 from kdzoo.host.build import plugin_code
@@ -128,3 +130,21 @@ class Evaluator:
                 owners[key] = component.name
                 results[key] = as_figure(value)
         return results
+
+
+def generalisation_gap(records: list[dict[str, Any]], role: str) -> dict[str, float]:
+    """The study's gap: train top-1 at the best-test epoch minus the best test top-1; and at the last epoch."""
+    train_key, test_key = metric_key("train", "top1", role), metric_key("test", "top1", role)
+    scored = [r for r in records if test_key in r]
+    out: dict[str, float] = {}
+    if not scored:
+        return out
+    best = max(scored, key=lambda r: r[test_key])
+    out["best_test_top1"] = best[test_key]
+    out["best_epoch"] = best["epoch"]
+    if train_key in best:
+        out["gap_at_best"] = best[train_key] - best[test_key]
+    last = scored[-1]
+    if train_key in last:
+        out["gap_final"] = last[train_key] - last[test_key]
+    return out

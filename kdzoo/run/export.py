@@ -3,9 +3,10 @@ library's own format (``kdzoo export``, :func:`kdzoo.load_model`).
 
 What is exported is the trained network exactly as kdzoo evaluated it: float RGB images in
 [0, 1] at the dataset's size in, logits out, the resize and normalisation inside. Loss
-modules (connectors, projectors, memory banks) are training-only and left out: no kdzoo
-method predicts through them (SimKD's reuse of the teacher's classifier is not what
-kdzoo's ``simkd`` trains; see docs/python-api.md).
+modules (connectors, memory banks) are training-only and left out, except the head a loss
+supplies for the student to predict through (SimKD's projector and the teacher's reused
+classifier, :mod:`kdzoo.run.heads`): that student is loaded and exported predicting
+through it, as it was evaluated (ONNX holds it; a library's own format cannot).
 """
 
 from __future__ import annotations
@@ -172,6 +173,12 @@ def export_library_format(network: Network, manifest: dict[str, Any], directory:
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise KdzooError(f"--library-format {directory}: exists and is not an empty folder; choose a new one")
+    from kdzoo.run.heads import HeadedNetwork
+
+    if isinstance(network, HeadedNetwork):
+        raise KdzooError(f"--library-format: this model predicts through the head of loss '{network.head_loss}' (modules "
+                         "outside its network), which its library's format cannot hold; export it with --onnx, or load "
+                         "it with kdzoo.load_model")
     library = library_of(network)
     save = {"transformers": library_formats.save_transformers, "timm": library_formats.save_timm,
             "kdzoo": library_formats.save_plain}[library]

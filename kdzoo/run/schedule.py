@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from kdzoo.run.dot import DistillationOrientedTrainer
 from kdzoo.spec import AnySpec
 
 def lr_factor(spec: AnySpec, step: int, steps: int, steps_per_epoch: int) -> float:
@@ -28,6 +29,8 @@ def lr_factor(spec: AnySpec, step: int, steps: int, steps_per_epoch: int) -> flo
 
 def make_optimizer(spec: AnySpec, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     opt = spec.optimizer
+    if opt.name == "dot":
+        return DistillationOrientedTrainer(parameters, lr=opt.lr, momentum=opt.momentum, delta=opt.delta, weight_decay=opt.weight_decay)
     if opt.name == "sgd":
         return torch.optim.SGD(parameters, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0, weight_decay=opt.weight_decay)
     return torch.optim.AdamW(parameters, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)

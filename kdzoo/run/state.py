@@ -1,8 +1,9 @@
 """Resumable training state: the student, the losses and the optimizer after an epoch.
 
 One safetensors file holds the tensors and, in its header, the metadata (epoch, step,
-the optimizer's non-tensor state): one atomic rename commits both, so a kill at any
-moment leaves either the previous epoch's state or the new one, never a mix.
+the optimizer's non-tensor state; in a run with stages, the stage the optimizer belongs
+to and the epochs done in it): one atomic rename commits both, so a kill at any moment
+leaves either the previous epoch's state or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -38,14 +39,31 @@ def state_tensors(network: nn.Module, losses: nn.Module, optimizer: torch.optim.
 
 
 def save_state(run_dir: Path, epoch: int, step: int, network: nn.Module, losses: nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any],
-               world_size: int = 1) -> None:
+               world_size: int = 1, stage: dict[str, Any] | None = None) -> None:
     """Save the state after ``epoch`` epochs, with the resolved spec it belongs to (and the
-    number of processes that trained it)."""
+    number of processes that trained it; ``stage``: the stage the optimizer belongs to, in
+    a run with stages, see :mod:`kdzoo.run.stages`)."""
     tensors, optimizer_meta = state_tensors(network, losses, optimizer)
     meta = {"format": STATE_FORMAT, "epoch": epoch, "step": step, "optimizer": optimizer_meta, "spec": spec}
     if world_size > 1:  # absent in one process: its state files stay what they were
         meta["world_size"] = world_size
+    if stage is not None:  # absent without stages, likewise
+        meta["stage"] = stage
     save_tensors(rundir.state_file(run_dir), tensors, metadata={META_KEY: json.dumps(meta)})
+
+
+def state_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The metadata of the saved state (epoch, step, stage...) without its tensors; None
+    when there is none, or it cannot be read (``load_state`` then says why)."""
+    from safetensors import safe_open
+
+    path = rundir.state_file(run_dir)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})[META_KEY])
+    except Exception:  # missing, torn, not ours: load_state reports it
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -13,10 +13,15 @@ evaluation.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
-from kdzoo.api import DistillBatch, Loss, ModelOutputs
+from kdzoo.api import DistillBatch, Loss, ModelOutputs, ViewOutputs, ViewRequest
 from kdzoo.errors import ComponentError, TrainingError
 from kdzoo.host.build import plugin_code
 from kdzoo.run.data import Layouts, to_float
@@ -129,14 +134,50 @@ def teacher_forward(teachers, taps: list[list[str]], images: Layouts, batch_uint
     return outputs
 
 
+def teacher_forward_on_view(teachers, taps: list[list[str]], images: Layouts, channels_last: dict[str, bool]) -> TeacherForward:
+    """Every teacher's forward on a further view of the batch (``Loss.views``): the view's
+    images themselves, also for a teacher with a view of its own (teacher_views: own)."""
+    outputs = []
+    for teacher, paths in zip(teachers, taps):
+        with torch.inference_mode():
+            outputs.append(forward_with_taps(teacher.network, images(channels_last[teacher.role]), paths))
+    return outputs
+
+
 def teacher_view(forward: TeacherForward, taps: list[list[str]]) -> list[ModelOutputs]:
     """One arm's teacher outputs: its own taps, cloned out of inference mode (inference
     tensors cannot be saved for backward), so no arm's loss can change another's inputs."""
     return [ModelOutputs(logits.clone(), {k: feats[k].clone() for k in paths}) for (logits, feats), paths in zip(forward, taps)]
 
 
+def view_key(request: ViewRequest) -> str:
+    """What identifies a view in a pass: its policy and params as written (one view, one
+    generator and one forward per model for every loss that asks for it)."""
+    return json.dumps([request.augmentation, request.params], sort_keys=True)
+
+
+def loss_views(component, loss: Loss) -> dict[str, ViewRequest]:
+    """The further views ``loss`` asks for (``Loss.views``), checked."""
+    with plugin_code(component, "views"):
+        views = loss.views()
+    if not isinstance(views, dict) or not all(isinstance(k, str) and isinstance(v, ViewRequest) for k, v in views.items()):
+        raise ComponentError(
+            f"loss '{component.name}' (plugin '{component.plugin}') returned {views!r} from views(); "
+            "a loss must return a dict of view name -> kdzoo.api.ViewRequest"
+        )
+    return views
+
+
+StepViews = dict[str, tuple[Tensor, list[ModelOutputs]]]  # view key -> its images (the arm's layout) and the arm's teacher outputs
+
+
 class StepModule(nn.Module):
-    """The student (with its taps) and the losses: ``forward`` returns the loss terms."""
+    """The student (with its taps) and the losses: ``forward`` returns the loss terms.
+
+    Further views (``Loss.views``): the pass draws each view and runs the teachers on it,
+    and hands them in around the arm's step (``views_of_step``); ``forward`` runs the
+    student on each (inside the DDP forward, so one reducer sees both forwards) and gives
+    each loss the views it asked for."""
 
     def __init__(self, network: nn.Module, losses: nn.ModuleList, components: list, student_taps: list[str]):
         super().__init__()
@@ -144,19 +185,47 @@ class StepModule(nn.Module):
         self.losses = losses
         self.components = components
         self.student_taps = student_taps
+        self.loss_views = [loss_views(component, loss) for component, loss in zip(components, losses)]
+        self.view_requests = {view_key(r): r for views in self.loss_views for r in views.values()}
+        self.step_views: StepViews = {}
 
     def student_outputs(self, images: Tensor) -> ModelOutputs:
         return ModelOutputs(*forward_with_taps(self.network, images, self.student_taps))
 
+    @contextmanager
+    def views_of_step(self, views: StepViews) -> Iterator[None]:
+        """The further views of the next step (every key of ``view_requests``)."""
+        self.step_views = views
+        try:
+            yield
+        finally:
+            self.step_views = {}
+
     def forward(self, images: Tensor, teachers: list[ModelOutputs], targets: Tensor, indices: Tensor,
                 epoch: int, epochs: int, step: int, steps: int, student: ModelOutputs | None = None,
-                peers: dict[str, ModelOutputs] | None = None) -> list[Tensor]:
-        """The loss terms; ``student``: outputs already computed (a pass with peers)."""
+                peers: dict[str, ModelOutputs] | None = None, stage: str | None = None,
+                active: list[bool] | None = None) -> list[Tensor | None]:
+        """The loss terms; ``student``: outputs already computed (a pass with peers). A stage
+        (``stage``, its name) computes only the ``active`` terms: the others are None."""
         batch = DistillBatch(
             student=student or self.student_outputs(images), teachers=teachers, targets=targets, images=images,
-            indices=indices, epoch=epoch, epochs=epochs, step=step, steps=steps, peers=peers or {},
+            indices=indices, epoch=epoch, epochs=epochs, step=step, steps=steps, peers=peers or {}, stage=stage,
         )
-        return [loss_term(component, loss, batch) for component, loss in zip(self.components, self.losses)]
+        active = active or [True] * len(self.losses)
+        missing = set(self.view_requests) - set(self.step_views)
+        if missing:
+            raise TrainingError(f"the step has no view {sorted(missing)} that the losses asked for: a step with views runs in a TrainingPass")
+        wanted = {view_key(r) for views, on in zip(self.loss_views, active) if on for r in views.values()}
+        views = {}
+        for key in self.view_requests:  # in the losses' order: the student's forwards draw dropout in a fixed order
+            if key in wanted:
+                view_images, view_teachers = self.step_views[key]
+                views[key] = ViewOutputs(view_images, self.student_outputs(view_images), view_teachers)
+        return [
+            None if not on else
+            loss_term(component, loss, replace(batch, views={name: views[view_key(r)] for name, r in asked.items()}) if asked else batch)
+            for component, loss, asked, on in zip(self.components, self.losses, self.loss_views, active)
+        ]
 
 
 def wrap_ddp(step_module: StepModule, device: torch.device) -> nn.Module:

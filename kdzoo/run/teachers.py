@@ -17,6 +17,7 @@ from kdzoo.errors import KdzooError
 from kdzoo.host import PluginHost
 from kdzoo.host.build import build_augmentation, build_model
 from kdzoo.run.checkpoint import file_sha256, load_tensors, verify_checkpoint
+from kdzoo.run.heads import with_student_head
 from kdzoo.run.locking import exclusive_lock
 from kdzoo.spec import DistillSpec, TrainSpec
 from kdzoo.spec.models import check_checkpoint_manifest
@@ -34,7 +35,8 @@ class Teacher:
 
 
 def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network, dict[str, Any]]:
-    """Rebuild a model from a kdzoo checkpoint and check that it fits ``data``."""
+    """Rebuild a model from a kdzoo checkpoint (predicting through the head its manifest
+    names, if a loss supplied one: :mod:`kdzoo.run.heads`) and check that it fits ``data``."""
     weights, manifest, ref = check_checkpoint_manifest(path, host.registry)
     if manifest["num_classes"] != data.num_classes:
         raise KdzooError(
@@ -44,7 +46,8 @@ def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network
     verify_checkpoint(weights, manifest)
     network = build_model(host.registry, ref.name, ref.params, num_classes=data.num_classes, image_size=data.image_size)
     prefix = rundir.BODY_PREFIX
-    state = {k[len(prefix):]: v for k, v in load_tensors(weights).items() if k.startswith(prefix)}
+    tensors = load_tensors(weights)
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = network.body.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -57,7 +60,8 @@ def load_teacher(host: PluginHost, path: Path, data: ImageData) -> tuple[Network
         )
         raise KdzooError(f"checkpoint {weights} does not match model '{ref.name}' {ref.params}: {detail}")
     network.body.load_state_dict(state)
-    return network, manifest
+    # A student that predicts through a loss's head (SimKD) is loaded predicting as it was evaluated.
+    return with_student_head(host.registry, network, manifest, tensors, weights), manifest
 
 
 def teacher_dir(spec: TrainSpec | DistillSpec) -> Path:

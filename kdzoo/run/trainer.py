@@ -18,6 +18,13 @@ stream in a fused pass. An arm that fails (a loss that is not finite, a plugin e
 is dropped from the pass and the others go on. Resuming, each arm starts after its own
 last saved epoch and joins the pass at that epoch.
 
+Further views (``Loss.views``, e.g. the strong view of CRLD): each distinct view policy
+of the pass's losses is drawn once per batch from the same uint8 images, with a
+generator of its own (from the seed, the epoch, the rank and the policy), so the main
+augmentation's stream, and hence every arm that asks for no view, is the same with or
+without it, fused or alone, resumed or not. The teachers run once per view and batch;
+each arm's student runs on it inside its step.
+
 A train run is a distill run with no teachers and the role name "model". Teachers are
 frozen, in eval mode, under inference mode. Several processes (torchrun): ``batch_size``
 stays the global batch; every rank draws the same order from the (seed, epoch) generator
@@ -30,25 +37,28 @@ steps and at the end of each epoch, on every rank at the same steps.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from kdzoo.api import ImageData, ModelOutputs
 from kdzoo.api.keys import metric_key
-from kdzoo.errors import KdzooError, TrainingError
+from kdzoo.errors import KdzooError, SpecError, TrainingError
 from kdzoo.host import PluginHost
-from kdzoo.host.build import plugin_code
+from kdzoo.host.build import build_augmentation, plugin_code
 from kdzoo.run import distributed
 from kdzoo.run.arm import Arm, PassInputs
 from kdzoo.run.data import Layouts, TrainBatches, load_data, to_float
 from kdzoo.run.runtime import compile_forward, select_runtime, wants_channels_last
 from kdzoo.run.schedule import epoch_seed
-from kdzoo.run.step import CHECK_EVERY, teacher_forward, teacher_view
+from kdzoo.run.step import CHECK_EVERY, StepModule, TeacherForward, teacher_forward, teacher_forward_on_view, teacher_view, view_key
 from kdzoo.run.teachers import Teacher
 from kdzoo.spec import AnySpec
 
@@ -74,6 +84,42 @@ def pass_inputs(spec: AnySpec, host: PluginHost, teachers: list[Teacher], data: 
     return PassInputs(runtime, data, teachers, layouts)
 
 
+def step_core(arm: Arm) -> StepModule:
+    """An arm's StepModule, also under DDP (which wraps it)."""
+    return getattr(arm.step_module, "module", arm.step_module)
+
+
+def view_augmentations(arms: list[Arm], registry) -> dict[str, tuple[Any, Any]]:
+    """view key -> (component, built augmentation) of every further view the arms' losses
+    ask for (``Loss.views``), built once for the pass; a policy kdzoo cannot build is
+    refused before the first step."""
+    built: dict[str, tuple[Any, Any]] = {}
+    for arm in arms:
+        for term, asked in zip(arm.spec.losses, step_core(arm).loss_views):
+            for name, request in asked.items():
+                key = view_key(request)
+                if key in built:
+                    continue
+                where = f"losses: '{term.name}' asks for a view '{name}' augmented by '{request.augmentation}'"
+                try:
+                    component = registry.get("augmentation", request.augmentation)
+                    params = component.validate_params(request.params)
+                except KdzooError as exc:
+                    raise SpecError(arm.spec.name or arm.name, [f"{where}: {exc}"]) from None
+                except ValidationError as exc:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    raise SpecError(arm.spec.name or arm.name, [f"{where} {request.params}: {problems}"]) from None
+                built[key] = (component, build_augmentation(registry, request.augmentation, params))
+    return built
+
+
+def view_seed(seed: int, key: str) -> int:
+    """The seed of a view's generator in an epoch: apart from the main augmentation's and
+    from every other view's, the same whichever arms share the pass."""
+    digest = hashlib.sha256(f"kdzoo-view:{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 class TrainingPass:
     """Trains ``arms`` (built on ``inputs``) together, one batch at a time."""
 
@@ -93,6 +139,7 @@ class TrainingPass:
                 f"losses: {', '.join(names)} learn from the other students of a fused pass: run them in a grid whose arms "
                 "train together (a matrix over students or losses, without --fuse off), in one process"
             )
+        self.views = view_augmentations(arms, arms[0].host.registry)  # further views: key -> (component, augmentation)
         for teacher in inputs.teachers if self.spec.compile else []:
             compile_forward(teacher.network)  # after every arm's setup: its sample forward would compile for a batch of 8
         self.batches = TrainBatches(inputs.data.train_images, inputs.data.train_labels, inputs.runtime.device)  # models placed first
@@ -110,6 +157,32 @@ class TrainingPass:
         own = distributed.rank_seed(self.spec.seed, epoch, self.rank)
         torch.manual_seed(own)  # dropout, CRD's negatives: different per rank
         return order, self.batches.generator(own)
+
+    def view_generators(self, epoch: int) -> dict[str, torch.Generator]:
+        """One generator per further view of the pass, for the epoch (the rank's own with several processes)."""
+        seed = distributed.rank_seed(self.spec.seed, epoch, self.rank) if distributed.active() else epoch_seed(self.spec.seed, epoch)
+        return {key: self.batches.generator(view_seed(seed, key)) for key in self.views}
+
+    def _draw_views(self, batch_uint8, generators: dict[str, torch.Generator], epoch: int, step: int) -> dict[str, tuple[Layouts, TeacherForward]]:
+        """Every further view of the batch, with the teachers' forward on it (once for all arms)."""
+        drawn = {}
+        layout = self.arms[0].layout
+        for key, (component, augmentation) in self.views.items():
+            with plugin_code(component, "augmentation", epoch=epoch, step=step):
+                augmented = augmentation(batch_uint8, generators[key])
+            images = Layouts(to_float(augmented, self.inputs.runtime.device, layout), layout)
+            with self.inputs.runtime.autocast():
+                forward = teacher_forward_on_view(self.inputs.teachers, self.teacher_taps, images, self.inputs.teacher_layouts)
+            drawn[key] = (images, forward)
+        return drawn
+
+    @contextmanager
+    def _views_of_step(self, arm: Arm, drawn: dict[str, tuple[Layouts, TeacherForward]]):
+        """``arm``'s step sees the views its losses asked for: its layout, its teachers' taps."""
+        core = step_core(arm)
+        views = {key: (drawn[key][0](arm.layout), teacher_view(drawn[key][1], arm.teacher_taps)) for key in core.view_requests}
+        with core.views_of_step(views):
+            yield
 
     # -- failures ------------------------------------------------------------------
     def _drop(self, arm: Arm, error: TrainingError) -> None:
@@ -145,6 +218,7 @@ class TrainingPass:
         """One epoch of ``arms``; the mean loss figures of each arm still in the pass."""
         spec, device = self.spec, self.inputs.runtime.device
         order, generator = self.generators(epoch)
+        view_generators = self.view_generators(epoch)
         for arm in arms:
             arm.begin_epoch(self.fused)
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False, disable=progress if self.main else True)  # None: only on a TTY
@@ -159,17 +233,19 @@ class TrainingPass:
                 with self.inputs.runtime.autocast():
                     forward = teacher_forward(self.inputs.teachers, self.teacher_taps, images, batch_uint8, generator,
                                               device, self.inputs.teacher_layouts)
+                views = self._draw_views(batch_uint8, view_generators, epoch, live[0].step)
             except Exception as exc:
                 for arm in live:
                     self._step_failed(arm, exc, epoch)
                 continue
             if self.peers:
-                self._steps_with_peers(live, images, forward, targets, index, epoch)
+                self._steps_with_peers(live, images, forward, views, targets, index, epoch)
             else:
                 for arm in live:
                     with arm.rng_scope():
                         try:
-                            arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch)
+                            with self._views_of_step(arm, views):
+                                arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch)
                         except Exception as exc:
                             self._step_failed(arm, exc, epoch)
             bar.update(1)
@@ -185,7 +261,7 @@ class TrainingPass:
                 losses[arm.name] = arm.epoch_losses()
         return losses
 
-    def _steps_with_peers(self, live: list[Arm], images, forward, targets, index, epoch: int) -> None:
+    def _steps_with_peers(self, live: list[Arm], images, forward, views, targets, index, epoch: int) -> None:
         """Every student's forward first, then each arm's losses (seeing the others' outputs) and step."""
         outputs: dict[str, ModelOutputs] = {}
         for arm in live:
@@ -199,8 +275,9 @@ class TrainingPass:
             if arm.failure is None:
                 with arm.rng_scope():
                     try:
-                        arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch,
-                                       student=outputs[arm.name], peers={n: o for n, o in seen.items() if n != arm.name})
+                        with self._views_of_step(arm, views):
+                            arm.train_step(images(arm.layout), teacher_view(forward, arm.teacher_taps), targets, index, epoch,
+                                           student=outputs[arm.name], peers={n: o for n, o in seen.items() if n != arm.name})
                     except Exception as exc:
                         self._step_failed(arm, exc, epoch)
 

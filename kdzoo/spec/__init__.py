@@ -24,10 +24,11 @@ from kdzoo.spec.models import (
     TeacherSpec,
     TrainSpec,
 )
+from kdzoo.spec.stages import StageSpec
 
 __all__ = [
     "INHERITED_BY_TEACHERS", "SPEC_KINDS", "AnySpec", "AugmentationRef", "ComponentRef", "DataSpec", "DistillSpec",
-    "EvalSpec", "LauncherSpec", "LossTerm", "MetricRef", "ModelRef", "OptimizerSpec", "RunSpec", "ScheduleSpec", "StudentSpec",
-    "TeacherSpec", "TrainSpec", "apply_overrides", "describe_error", "expand_matrix", "json_schema", "load_spec",
+    "EvalSpec", "LauncherSpec", "LossTerm", "MetricRef", "ModelRef", "OptimizerSpec", "RunSpec", "ScheduleSpec", "StageSpec",
+    "StudentSpec", "TeacherSpec", "TrainSpec", "apply_overrides", "describe_error", "expand_matrix", "json_schema", "load_spec",
     "read_spec_file", "set_path", "validate_spec",
 ]

@@ -32,6 +32,35 @@ generation distils from the one before) is one spec, each link trained once, ins
 and passing the inherited fields on to its own teachers.
 
 This page is generated from the code (`python -m kdzoo.spec.doc`).
+
+## Stages
+
+`stages:` (distill runs) cuts the run's `epochs` into slices trained in order, for methods
+that pre-train or initialise before distilling (RepDistiller's FT, AB and FSP,
+`train_student.py` with `helper/pretrain.py`). `epochs` stays the run's total: each stage
+takes its `epochs` of it, and the stages' epochs add up to it. A stage may weigh the loss
+terms anew (`weights`, by term name; the terms it leaves out keep their weight in
+`losses`); a term of weight 0 is not computed in that stage, so what only it trains stays
+as it is. A stage may bring its own `optimizer` and `schedule`, field by field over the
+run's; every stage starts a fresh optimizer over what it trains and schedules the lr over
+its own epochs (milestones are fractions of the stage). `student: frozen` leaves the
+student out of the stage's optimizer and its BatchNorm in eval mode: only the losses'
+modules train. The loss modules (connectors, paraphrasers) are the same through every
+stage, so what one stage trains carries to the next. A loss reads the stage's name as
+`DistillBatch.stage`, and `epoch`, `epochs`, `step` and `steps` count within the stage; a
+loss that declares the stage names it understands (`Loss.stages`: `ft` paraphraser,
+transfer; `ab`, `fsp` init) takes part only in stages of those names, and any other name
+where it has a weight is refused. Each record of `metrics.jsonl` names its stage, and a run
+resumes inside a stage or at a boundary as it would have gone on uninterrupted.
+
+```yaml
+epochs: 270                     # 30 + 240
+losses: [{name: ce}, {name: ft, weight: 200}]
+stages:
+  - {name: paraphraser, epochs: 30, student: frozen, weights: {ce: 0, ft: 1},
+     optimizer: {lr: 0.01}, schedule: {name: constant}}
+  - {name: transfer, epochs: 240}   # the run's weights, optimizer and schedule
+```
 """
 
 

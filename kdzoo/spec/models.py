@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     ValidationError,
@@ -31,6 +29,9 @@ from kdzoo.errors import KdzooError, did_you_mean
 from kdzoo.host.registry import Registry
 from kdzoo.spec.defaults import DEFAULTS
 from kdzoo.spec.describe import describe_error
+from kdzoo.spec.stages import StageSpec, check_stages, inherit_run_settings
+from kdzoo.spec.strict import StrictModel, _registry
+from kdzoo.spec.training import EvalSpec, LauncherSpec, OptimizerSpec, ScheduleSpec, _is_task_loss
 
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"  # run and teacher names: file names, metric keys
 
@@ -48,33 +49,6 @@ def tracker_not_installed(name: str) -> str | None:
 
 
 MAX_NAME_LENGTH = 100  # names become directory names and metric keys
-MAX_STRING_LENGTH = 4096
-
-
-def _leaf_types(annotation: Any) -> set[Any]:
-    args = typing.get_args(annotation)
-    return set().union(*(_leaf_types(a) for a in args)) if args else {annotation}
-
-
-class StrictModel(BaseModel):
-    """Every spec object refuses unknown keys (the error names the allowed ones), infinite
-    or NaN numbers, absurdly long strings, and ``true``/``false`` where a number is meant."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False, str_max_length=MAX_STRING_LENGTH)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads True as 1: a `--set epochs=true` would run one epoch.
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
-            if bool not in leaves and leaves & {int, float}:
-                raise PydanticCustomError("bool_number", "expected a number, got a boolean", {})
-        return value
-
-
-def _registry(info: ValidationInfo) -> Registry | None:
-    return (info.context or {}).get("registry")
 
 
 class ComponentRef(StrictModel):
@@ -149,48 +123,6 @@ class DataSpec(ComponentRef):
     test_limit: int | None = Field(None, gt=0, description="use a fixed random subset of this many test images")
 
 
-class OptimizerSpec(StrictModel):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0, description="base learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
-    nesterov: bool = Field(True, description="SGD only")
-    weight_decay: float = Field(5e-4, ge=0, description="decoupled for AdamW, L2 for SGD")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW only")
-
-
-class ScheduleSpec(StrictModel):
-    name: Literal["cosine", "multistep", "constant", "onecycle"] = Field("cosine", description="shape of the lr over the run")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0, in epochs (fractions allowed)")
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of the run at which lr *= gamma")
-    gamma: float = Field(0.1, gt=0, le=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a share of the base lr")
-
-    @field_validator("milestones")
-    @classmethod
-    def _fractions(cls, value: list[float]) -> list[float]:
-        if any(not 0 < m < 1 for m in value) or value != sorted(value):
-            raise PydanticCustomError("milestones", "milestones must be increasing fractions of the run in (0, 1), got {v}", {"v": value})
-        return value
-
-
-class EvalSpec(StrictModel):
-    splits: list[Literal["train", "test", "test_aug"]] = Field(default_factory=lambda: ["test"], min_length=1, description="test_aug: test images through the run's augmentation (fixed seed)")
-    every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last)")
-    train_limit: int | None = Field(10000, gt=0, description="evaluate the train split on at most this many images")
-
-
-class LauncherSpec(StrictModel):
-    """Resources of each arm of a grid run with `kdzoo run --launcher slurm` (submitit); `--partition`, `--time`, `--gpus-per-arm`, `--jobs` override them."""
-
-    partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
-    time_min: int = Field(1440, ge=1, description="wall-time limit of each job, in minutes; a job that reaches it is requeued and resumes from its last finished epoch")
-    gpus_per_arm: int = Field(0, ge=0, description="GPUs of each job (an arm or a teacher)")
-    cpus_per_arm: int | None = Field(None, ge=1, description="CPU cores of each job; also its torch threads unless the spec sets `threads`")
-    mem_gb: float | None = Field(None, gt=0, description="memory of each job, in GB (default: the cluster's)")
-    max_parallel: int | None = Field(None, ge=1, description="at most this many jobs of the array run at once (default: submitit's, 256)")
-    extra: dict[str, Any] = Field(default_factory=dict, description="more submitit parameters, passed to `update_parameters` as they are (e.g. `slurm_account`, `slurm_qos`)")
-
-
 class RunSpec(StrictModel):
     """Fields shared by every run kind."""
 
@@ -205,7 +137,7 @@ class RunSpec(StrictModel):
     epochs: int = Field(10, ge=1, le=100000, description="passes over the training set")
     batch_size: int = Field(128, ge=1, le=65536, description="training batch size")
     data: DataSpec = Field(default_factory=DataSpec, description="dataset component and fixed subsets")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="SGD or AdamW")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="SGD, AdamW or DOT")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning-rate schedule, stepped per batch")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where the device supports it")
     channels_last: bool | None = Field(None, description="None: on for CNNs")
@@ -251,6 +183,21 @@ class RunSpec(StrictModel):
             if (problem := tracker_not_installed(name)) is not None:
                 raise PydanticCustomError("tracker_missing", "{problem}", {"problem": problem})
         return names
+
+    @field_validator("losses", check_fields=False)  # the losses field of TrainSpec and DistillSpec
+    @classmethod
+    def _dot_has_both_gradients(cls, losses: list[LossTerm], info: ValidationInfo) -> list[LossTerm]:
+        optimizer, registry = info.data.get("optimizer"), _registry(info)
+        if optimizer is None or optimizer.name != "dot" or registry is None:
+            return losses
+        task = {term.name: _is_task_loss(registry, term.name) for term in losses}
+        if all(task.values()) or not any(task.values()):
+            missing = "distillation term" if all(task.values()) else "task term (a loss with is_task_loss, such as ce)"
+            raise PydanticCustomError(
+                "dot_terms", "optimizer dot gives the task terms' and the distillation terms' gradients two momenta and needs "
+                "both kinds; losses {names} include no {missing}", {"missing": missing, "names": ", ".join(task)},
+            )
+        return losses
 
     @field_validator("matrix")
     @classmethod
@@ -348,6 +295,22 @@ class DistillSpec(RunSpec):
         "shared", description="shared: teachers see the student's augmented batch (the study); own: each its own augmentation"
     )
     metrics: list[MetricRef] = Field(default_factory=lambda: [MetricRef(name=n) for n in DEFAULTS["distill_metrics"]], description="metric components evaluated on each split")
+    stages: list[StageSpec] = Field(
+        default_factory=list, exclude_if=lambda stages: not stages,
+        description="the epochs in slices run in order, each with its own loss weights (and optionally optimizer, schedule, "
+        "a frozen student): pre-training or initialisation stages before distilling (see 'Stages' above). "
+        "Left out of the resolved spec while empty",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_inherit(cls, data: Any) -> Any:
+        return inherit_run_settings(data)
+
+    @model_validator(mode="after")
+    def _valid_stages(self, info: ValidationInfo) -> DistillSpec:
+        check_stages(self, _registry(info))
+        return self
 
     @field_validator("teachers")
     @classmethod

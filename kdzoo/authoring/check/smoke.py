@@ -111,14 +111,14 @@ def smoke_loss(component: Component, params: Any) -> str:
         raise SmokeFailure(no_student_gradient)
     with plugin_code(component, "backward"):
         output.backward()
-    grad = batch.images.grad
-    if grad is None or not bool(grad.ne(0).any()):
+    grads = [g for g in (batch.images.grad, *(view.images.grad for view in batch.views.values())) if g is not None]
+    if not any(bool(g.ne(0).any()) for g in grads):  # the batch's images, or those of a view the loss asked for
         raise SmokeFailure(no_student_gradient)
-    if not bool(torch.isfinite(grad).all()):
+    if not all(bool(torch.isfinite(g).all()) for g in grads):
         raise SmokeFailure("the gradient on the student's input images is not finite")
     reached = [
         label
-        for out in batch.teachers
+        for out in [*batch.teachers, *(t for view in batch.views.values() for t in view.teachers)]
         for label, tensor in [("logits", out.logits), *[(f"features['{p}']", t) for p, t in out.features.items()]]
         if tensor.grad is not None and bool(tensor.grad.ne(0).any())
     ]

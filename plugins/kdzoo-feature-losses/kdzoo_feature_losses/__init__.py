@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from kdzoo import hookimpl
 
-KDZOO_PLUGIN_API = (1, 0)
+KDZOO_PLUGIN_API = (1, 3)  # ft, ab, fsp: Loss.stages; simkd: Loss.student_head (1.3)
 
 _LAYERS_HELP = (
     "module paths to tap in the {who} (inside its body); unset = the network's declared taps "
@@ -111,9 +111,11 @@ class NSTParams(_TappedParams):
 
 
 class FTParams(_TappedParams):
-    paraphrase_rate: float = Field(0.5, gt=0, le=4, description="factor channels = round(rate * teacher channels)")
+    paraphrase_rate: float = Field(0.5, gt=0, le=4, description="factor channels = int(rate * teacher channels), RepDistiller's k")
     reconstruction_weight: float = Field(
-        1.0, ge=0, description="weight of the paraphraser's reconstruction loss (trained jointly here)"
+        1.0, ge=0,
+        description="in a run without stages, the weight of the paraphraser's reconstruction loss, trained jointly; "
+        "with the stages paraphraser and transfer it is unused (the paraphraser trains alone, then stays frozen)",
     )
 
 
@@ -170,6 +172,12 @@ class OFDParams(_TappedParams):
 
 class SimKDParams(_TappedParams):
     projector_factor: int = Field(2, ge=1, le=16, description="bottleneck reduction of the projector (teacher channels / factor)")
+    head: Literal["teacher", "student"] = Field(
+        "teacher",
+        description="'teacher': the student predicts through the projector and the teacher's reused classifier (the "
+        "paper, the authors' code), saved in its checkpoint; needs one teacher with a cam head and one layer pair. "
+        "'student': the feature alignment alone, the student keeps its own head (pair it with a label loss)",
+    )
 
 
 class ICKDParams(_TappedParams):
@@ -216,6 +224,38 @@ class PEFDParams(_SingleLayerParams):
     num_projectors: int = Field(3, ge=1, le=16, description="linear + ReLU projectors whose outputs are averaged")
 
 
+class FCFDParams(_TappedParams):
+    path_type: Literal["bi", "s2t", "t2s", "nomix"] = Field(
+        "bi",
+        description="mixed paths to sample from: 's2t' student stages then the teacher's, 't2s' the reverse, "
+        "'bi' both, 'nomix' none (appearance terms only); the reference's --extra_type",
+    )
+    extra_paths: int = Field(
+        2, ge=0, le=64, description="mixed paths sampled (without replacement) each step; the reference's --extra_paths"
+    )
+    temperature: float = Field(4.0, gt=0, description="temperature T of the mixed paths' KL to the teacher, T^2-scaled")
+    appearance_weight: float = Field(
+        5.0,
+        ge=0,
+        description="weight of the L2 terms (bridged features and teacher-stage outputs of mixed paths vs the "
+        "teacher's features); the reference's weight_l2 (0.02 for resnet56 -> resnet20)",
+    )
+    function_weight: float = Field(
+        1.0, ge=0, description="weight of each mixed path's KL to the teacher (the reference's loss_mixture weight)"
+    )
+    warmup_epochs: int = Field(
+        20,
+        ge=0,
+        description="the L2 terms are multiplied by min(epoch/warmup, 1), epochs counted from 1; 0 disables "
+        "(the KL terms are not warmed up)",
+    )
+    bridge_activation: Literal["leaky_relu", "none"] = Field(
+        "leaky_relu",
+        description="'leaky_relu': LeakyReLU(0.1) after each bridge's BN, as the reference for networks whose "
+        "stages take post-ReLU inputs (its ResNets); 'none': conv + BN only",
+    )
+
+
 # name -> (module:Class, params model, description)
 LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
     "fitnet": ("hint:FitNetLoss", FitNetParams, "FitNets hint: MSE between regressed student and teacher features (Romero et al. 2015)"),
@@ -239,6 +279,7 @@ LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
     "cwd": ("channel:ChannelWiseLoss", CWDParams, "Channel-wise distillation: KL of each channel's spatial softmax (Shu et al. 2021)"),
     "srd": ("projector:ProjectorDistillationLoss", SRDParams, "Projector + batch-norm + log-sum distance on embeddings (Miles & Mikolajczyk 2024)"),
     "pefd": ("projector:ProjectorEnsembleLoss", PEFDParams, "Projector-ensemble feature distillation, cosine distance (Chen et al. 2022)"),
+    "fcfd": ("fcfd:FunctionConsistentLoss", FCFDParams, "Function-consistent feature distillation: bridged features through the other network's later stages (Liu et al. 2023)"),
 }
 
 

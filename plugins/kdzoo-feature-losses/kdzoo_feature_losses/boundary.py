@@ -28,21 +28,30 @@ class ActivationBoundaryLoss(LayerwiseLoss):
     ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/AB.py`` (from
     the authors' code): layer ``i`` of ``n`` (shallow to deep) weighted ``2^(i - n + 1)``
     (the deepest 1, halving towards the input), summed, times **3/1000**. Published
-    weight: 1 (RepDistiller uses it only to initialise the student, ``helper/pretrain.py``,
-    30 epochs; the main training then runs without it).
-    ``convention: paper``: the per-layer squared hinges summed with equal weights.
+    weight: 1. ``convention: paper``: the per-layer squared hinges summed with equal weights.
+
+    Stage ``init`` (``stages:`` of the spec): RepDistiller uses AB only to initialise the
+    student (``train_student.py`` calls ``helper/pretrain.py:init`` for ``--distill
+    abound``): 30 epochs (``init_epochs``) of this loss alone, SGD over the connectors and
+    the student's feature layers (not its classifier: with the loss alone it gets no
+    gradient) at the run's lr 0.05, momentum 0.9, weight decay 5e-4, a constant lr; the
+    main training then computes no AB term (its ``loss_kd`` is 0 for ``abound``) and leaves
+    the connectors untrained: a stage ``init`` with ``ce`` at weight 0, then a stage with
+    ``ab`` at weight 0. In a run with stages, ``ab`` takes part only in stages named
+    ``init``; the loss itself is the same in every stage. Without stages it is simply
+    added to the objective.
 
     Taps should be *pre-activation* outputs (e.g. a stage's last BatchNorm; the
     references tap the stages' pre-ReLU outputs). With post-ReLU taps the teacher's sign
-    degenerates to "positive vs. zero". kdzoo adds the loss to the objective (schedule
-    the weight in the spec to reproduce the initialisation phase). RepDistiller skips the
-    connector where shapes already match; here it is always there.
+    degenerates to "positive vs. zero". RepDistiller skips the connector where shapes
+    already match; here it is always there.
     """
 
     loss_name = "ab"
     params_model = ABParams
     default_taps = "all_stages"
     feature_kind = "map"
+    stages = ("init",)
 
     def layer_weights(self, count: int) -> list[float]:
         if self.params.convention == "paper":

@@ -35,19 +35,26 @@ class FSPLoss(TappedLoss):
 
     ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/FSP.py``: per
     pair the mean squared difference of the student and teacher matrices (over batch and
-    entries), the pairs **summed**. Published weight: 1, in an initialisation phase only
-    (RepDistiller ``helper/pretrain.py`` sums the pairs unweighted for 30 epochs; the
-    ``-b 50`` of its scripts is unused, as its main training adds no FSP term).
+    entries), the pairs **summed**. Published weight: 1, in an initialisation stage only.
     RepDistiller also pairs the stem with the first stage (``feat[:-1]``): add the stem
     module to ``student_layers`` / ``teacher_layers`` for that; the default taps only the
     declared stages.
     ``convention: paper``: the paper's ``lambda_i ||G_T - G_S||_2^2`` (summed over the
     entries), averaged over the batch, pairs summed with equal lambda = 1.
 
+    Stage ``init`` (``stages:`` of the spec): RepDistiller uses FSP only to initialise the
+    student (``train_student.py`` calls ``helper/pretrain.py:init`` for ``--distill
+    fsp``): 30 epochs (``init_epochs``) of this loss alone, the pairs summed unweighted, SGD
+    over the student's feature layers (not its classifier: with the loss alone it gets no
+    gradient) at the run's lr 0.05, momentum 0.9, weight decay 5e-4, a constant lr; the
+    main training then computes no FSP term (``loss_kd`` is 0 for ``fsp``: the ``-b 50`` of
+    its scripts is unused): a stage ``init`` with ``ce`` at weight 0, then a stage with
+    ``fsp`` at weight 0. In a run with stages, ``fsp`` takes part only in stages named
+    ``init``; the loss itself is the same in every stage. Without stages it is simply
+    added to the objective.
+
     The paper requires equal channel counts; for differing widths a 1x1 conv + BN
-    connector per student stage (``connector='auto'``) maps it to the teacher's. The
-    two-stage schedule (FSP initialisation, then the task) is replaced by adding this
-    term to the objective (schedule the weight in the spec for the original).
+    connector per student stage (``connector='auto'``) maps it to the teacher's.
     """
 
     loss_name = "fsp"
@@ -55,6 +62,7 @@ class FSPLoss(TappedLoss):
     default_taps = "all_stages"
     feature_kind = "map"
     min_layers = 2
+    stages = ("init",)
 
     def build(self, pairs: list[LayerPair], context: SetupContext, teacher_index: int) -> nn.Module:
         return _channel_connectors(self.params.connector, pairs)

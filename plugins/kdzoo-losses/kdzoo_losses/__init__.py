@@ -3,12 +3,15 @@
 Label and logit-based training objectives. Each component computes only its own
 term; the spec combines them as a weighted sum (e.g. ``ce: 0.4`` + ``kd: 0.6``), so no
 loss here mixes in cross-entropy itself, except ``deit`` (``kdzoo_losses.deit``), whose
-objective holds its class-head CE and is used alone. The implementations live in
+objective holds its class-head CE and is used alone, and the two-view methods ``crld``
+(``kdzoo_losses.crld``) and ``mlkd`` with ``strong_view``, which add the CE of the strong
+view only they see (the spec's ``ce`` term stays the weak view's). The implementations live in
 ``kdzoo_losses.label`` (label-only), ``kdzoo_losses.logit`` (teacher logits),
 ``kdzoo_losses.ctkd`` (learnable temperature), ``kdzoo_losses.soft_labels`` (WSLD,
 NormKD), ``kdzoo_losses.refined`` (RLD), ``kdzoo_losses.multilevel`` (MLKD),
 ``kdzoo_losses.selfkd`` (CS-KD), ``kdzoo_losses.cam`` (SDD, CAT-KD: the ``cam`` head) and
-``kdzoo_losses.mutual`` (DML: the peers of a fused pass);
+``kdzoo_losses.mutual`` (DML: the peers of a fused pass), ``kdzoo_losses.dist_plus`` (DIST+:
+DIST with a feature-level term) and ``kdzoo_losses.luminet`` (LumiNet);
 factory strings point there so torch is imported only when a loss is built. The params
 models of the later ones are in ``kdzoo_losses.params`` (torch-free too).
 """
@@ -23,9 +26,12 @@ from kdzoo import hookimpl
 from kdzoo.api import Params
 from kdzoo_losses.params import (
     CATKDParams,
+    CRLDParams,
     CSKDParams,
     DeiTParams,
+    DISTPlusParams,
     DMLParams,
+    LumiNetParams,
     MLKDParams,
     NormKDParams,
     RLDParams,
@@ -33,7 +39,7 @@ from kdzoo_losses.params import (
     WSLDParams,
 )
 
-KDZOO_PLUGIN_API = (1, 2)  # Params (1.1); dml reads the peers of a fused pass (1.2)
+KDZOO_PLUGIN_API = (1, 3)  # Params (1.1); dml reads the peers of a fused pass (1.2); crld, mlkd views and ce is_task_loss (1.3)
 
 
 class _Params(Params):
@@ -180,6 +186,11 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
         DISTParams,
         "DIST (Huang et al. 2022): inter- and intra-class Pearson relations.",
     ),
+    "dist-plus": (
+        "kdzoo_losses.dist_plus:DISTPlus",
+        DISTPlusParams,
+        "DIST+ (Huang et al. 2025): DIST plus a DIST term on the last feature maps (no teacher acclimation).",
+    ),
     "kd-logit-std": (
         "kdzoo_losses.logit:LogitStandardKD",
         LogitStandardParams,
@@ -199,6 +210,11 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
         "kdzoo_losses.logit:NKD",
         NKDParams,
         "Normalized KD (Yang et al. 2023): target term + normalised non-target term.",
+    ),
+    "luminet": (
+        "kdzoo_losses.luminet:LumiNet",
+        LumiNetParams,
+        "LumiNet (Hossain et al. 2023): alpha^2-scaled KD on batch-standardised (perception) logits.",
     ),
     "ctkd": (
         "kdzoo_losses.ctkd:CTKD",
@@ -223,7 +239,13 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
     "mlkd": (
         "kdzoo_losses.multilevel:MLKD",
         MLKDParams,
-        "Multi-level logit distillation (Jin et al. 2023): instance, batch and class alignment, one view.",
+        "Multi-level logit distillation (Jin et al. 2023): instance, batch and class alignment; one view, "
+        "or weak + strong views (strong_view).",
+    ),
+    "crld": (
+        "kdzoo_losses.crld:CRLD",
+        CRLDParams,
+        "Cross-view consistency KD (Zhang et al. 2024): within- and cross-view KD on a weak and a strong view.",
     ),
     "cskd": (
         "kdzoo_losses.selfkd:ClassWiseSelfKD",

@@ -16,10 +16,12 @@ class CrossEntropy(Loss):
     """Cross-entropy of the student's logits with the labels, optionally label-smoothed.
 
     Label smoothing as in Szegedy et al. 2016 (arXiv 1512.00567): the target is
-    ``(1 - eps) * one_hot + eps / K``.
+    ``(1 - eps) * one_hot + eps / K``. The task loss (``is_task_loss``): under
+    ``optimizer: dot`` its gradient takes the task momentum.
     """
 
     uses_teachers = False
+    is_task_loss = True
 
     def pair(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: DistillBatch, teacher_index: int) -> Tensor:
         return F.cross_entropy(fp32(student.logits), batch.targets, label_smoothing=self.params.label_smoothing)

@@ -1,5 +1,5 @@
 """Multi-level logit distillation (MLKD): instance, batch and class-level alignment of the
-predictions at several temperatures."""
+predictions at several temperatures, on one view or on a weak and a strong view."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.api import DistillBatch, Loss, ModelOutputs
-from kdzoo_losses._math import fp32, full_precision, kl_per_sample, teacher_fp32
+from kdzoo.api import DistillBatch, Loss, ModelOutputs, ViewRequest
+from kdzoo_losses._math import fp32, full_precision, kl_per_sample, teacher_fp32, tempered_kl
+
+STRONG = "strong"  # the name the two-view form reads its second view under (batch.views)
 
 
 def _share_at_or_below_median(values: Tensor) -> Tensor:
@@ -18,7 +20,8 @@ def _share_at_or_below_median(values: Tensor) -> Tensor:
 
 
 class MLKD(Loss):
-    """Multi-level logit distillation on the batch given (the authors' weak view).
+    """Multi-level logit distillation on the batch given (the authors' weak view), and
+    with ``strong_view`` set on a second, strong view too (the authors' two-view form).
 
     Jin, Wang, Lin, 2023, "Multi-Level Logit Distillation" (CVPR 2023). With
     ``P_T = softmax(z / T)`` of a batch (``B x C``), for every temperature T of
@@ -39,13 +42,35 @@ class MLKD(Loss):
     averaged over the batch (the per-sample reduction is commented out), so each acts as the
     scalar share ``m_i``, ``m_c`` of masked samples / classes (about 1/2): reproduced here.
 
-    Not reproduced: the strong-augmentation view of ``KD_ours`` (a second, RandAugment view
-    of every image through both networks, with its own CE and unmasked KD terms). The Loss
-    API sees one batch; a spec reaches the same batch-level losses on the view it trains on.
+    Two views (``strong_view`` set): ``KD_ours`` itself, which sees every image also through
+    a strong (RandAugment) view ``s`` and adds, to the masked weak-view terms above,
+    ``strong_ce_weight * CE(s_s, y)`` and an unmasked instance-level block
+    ``sum_T T^2 * mean_i KL(P_T^t[i] || P_T^s[i])`` over every temperature, on the strong
+    view at ``strong_temperatures`` and on the weak view at the others: the authors'
+    ``loss_kd_strong`` reads the strong logits at T = 4, 3, 5 and the weak logits at 2 and
+    6, reproduced here. Their strong-view batch and class terms (``loss_cc_strong``,
+    ``loss_bc_strong``) are computed but left out of the loss they return, so they are
+    left out here too.
     Published weight: 0.9 (``KD.LOSS.KD_WEIGHT`` multiplies every term), with CE at 0.1.
     """
 
+    def views(self) -> dict[str, ViewRequest]:
+        policy = self.params.strong_view
+        return {} if policy is None else {STRONG: ViewRequest(policy.name, dict(policy.params))}
+
     def pair(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: DistillBatch, teacher_index: int) -> Tensor:
+        total = self._weak_view(student, teacher)
+        if self.params.strong_view is None:
+            return total
+        strong = batch.views[STRONG]
+        s_s, t_s = strong.student.logits, strong.teachers[teacher_index].logits
+        for temperature in self.params.temperatures:
+            s, t = (s_s, t_s) if temperature in self.params.strong_temperatures else (student.logits, teacher.logits)
+            total = total + tempered_kl(s, t, temperature).mean()
+        return total + self.params.strong_ce_weight * F.cross_entropy(fp32(s_s), batch.targets)
+
+    def _weak_view(self, student: ModelOutputs, teacher: ModelOutputs) -> Tensor:
+        """The one-view form: the masked instance, batch and class levels on the batch given."""
         s = fp32(student.logits)
         t = teacher_fp32(teacher.logits)
         batch_size, num_classes = t.shape
