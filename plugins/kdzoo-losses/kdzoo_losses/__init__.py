@@ -11,7 +11,8 @@ view only they see (the spec's ``ce`` term stays the weak view's). The implement
 NormKD), ``kdzoo_losses.refined`` (RLD), ``kdzoo_losses.multilevel`` (MLKD),
 ``kdzoo_losses.selfkd`` (CS-KD), ``kdzoo_losses.cam`` (SDD, CAT-KD: the ``cam`` head) and
 ``kdzoo_losses.mutual`` (DML: the peers of a fused pass), ``kdzoo_losses.dist_plus`` (DIST+:
-DIST with a feature-level term) and ``kdzoo_losses.luminet`` (LumiNet);
+DIST with a feature-level term), ``kdzoo_losses.luminet`` (LumiNet) and
+``kdzoo_losses.logit_mse`` (MSE between the logits);
 factory strings point there so torch is imported only when a loss is built. The params
 models of the later ones are in ``kdzoo_losses.params`` (torch-free too).
 """
@@ -31,6 +32,7 @@ from kdzoo_losses.params import (
     DeiTParams,
     DISTPlusParams,
     DMLParams,
+    LogitMSEParams,
     LumiNetParams,
     MLKDParams,
     NormKDParams,
@@ -210,6 +212,11 @@ _LOSSES: dict[str, tuple[str, type[BaseModel], str]] = {
         "kdzoo_losses.logit:NKD",
         NKDParams,
         "Normalized KD (Yang et al. 2023): target term + normalised non-target term.",
+    ),
+    "logit-mse": (
+        "kdzoo_losses.logit_mse:LogitMSE",
+        LogitMSEParams,
+        "Logit matching (Kim et al. 2021): MSE between student and teacher logits, mean over teachers.",
     ),
     "luminet": (
         "kdzoo_losses.luminet:LumiNet",

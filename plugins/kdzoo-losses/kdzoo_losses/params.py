@@ -263,3 +263,12 @@ class LumiNetParams(Params):
     warmup_epochs: int = Field(
         20, ge=0, description="Linear warm-up: the loss is multiplied by min(epoch/warmup, 1), epochs from 1; 0 disables."
     )
+
+
+class LogitMSEParams(Params):
+    reduction: Literal["elements", "classes"] = Field(
+        "elements",
+        description="'elements': the mean over batch x classes, as the authors' mse_logit (nn.MSELoss()); "
+        "'classes': the paper's ||z_s - z_t||_2^2, summed over the classes and averaged over the batch "
+        "(the number of classes times 'elements').",
+    )
