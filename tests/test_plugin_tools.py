@@ -87,7 +87,7 @@ def test_plugins_lists_installed_plugins_and_their_components_by_kind(kdzoo_cli)
     assert any(line.split()[0] == "loss" and "ce," in line.split() for line in result.output.splitlines())
     data = json.loads(kdzoo_cli("plugins", "--json").output)
     losses = next(p for p in data["plugins"] if p["name"] == "kdzoo-losses")
-    assert losses["distribution"] == "kdzoo-losses" and losses["api"] == "1.2"  # it declares what dml needs
+    assert losses["distribution"] == "kdzoo-losses" and losses["api"] == "1.3"  # it declares what crld and mlkd (views) need
     kd = next(c for c in losses["components"]["loss"] if c["name"] == "kd")
     assert kd["defaults"] == {"temperature": 4.0}
     assert kd["params"]["properties"]["temperature"]["exclusiveMinimum"] == 0

@@ -122,7 +122,7 @@ def test_markdown_table_findings_and_plots(grid, reported):
     teacher_dir = Path(summaries(grid, "weak_weak")[0]["teachers"]["t1"]["checkpoint"])
     own_top1 = json.loads((teacher_dir / "summary.json").read_text())["final"]["test/top1/model"]
     assert any(teacher_dir.name in line and f"{own_top1:.4f}" in line for line in teachers.splitlines())
-    for name in ("accuracy_vs_fidelity.png", "attention_iou_vs_gap.png", "reliability.png", *(f"overlays/{g}.png" for g in GROUPS)):
+    for name in ("accuracy_vs_fidelity.png", "attention_iou_vs_gap.png", "strength_axis.png", "reliability.png", *(f"overlays/{g}.png" for g in GROUPS)):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f"]({name})" in md
 
@@ -144,6 +144,26 @@ def test_report_on_one_run_dir(grid, tmp_path):
     assert row["group"] == "weak_weak" and row["seeds"] == "1"
     assert float(row["test_top1_mean"]) == own["test/top1/student"] and row["test_top1_std"] == ""
     assert "**not measured: needs arms" in result.output  # weak teachers only: nothing to compare with
+
+
+def test_report_with_an_affinity_table_and_a_baseline(grid, tmp_path):
+    """--affinity orders the policies (strong has the lower affinity: the strongest);
+    --baseline feeds the regime checks, here with one arm standing in for a CE-only run."""
+    table = tmp_path / "affinity.csv"
+    table.write_text("policy,clean_top1,augmented_top1,affinity\nweak,0.5,0.45,0.9\nstrong,0.5,0.3,0.6\n")
+    baseline = grid / "arms" / "weak_weak_seed0"
+    result = CliRunner().invoke(cli, ["report", str(grid), "--out", str(tmp_path / "r"), "--affinity", str(table), "--baseline", str(baseline)])
+    assert result.exit_code == 0, result.output
+    own = summaries(grid, "weak_weak")[0]
+    assert f"{own['gap_at_best']:.4f} over 1 seeds" in result.output  # the baseline's gap, read from its summary
+    assert f"strength axis (affinity ({table})):" in result.output
+    assert "| weak           | 0.9000" in result.output and "| strong         | 0.6000" in result.output
+    md = (tmp_path / "r" / "study.md").read_text()
+    assert "## Regime checks" in md and "## Strength axis" in md
+    bad = tmp_path / "bad.csv"
+    bad.write_text("policy,x\nweak,1\n")
+    refused = CliRunner().invoke(cli, ["report", str(grid), "--out", str(tmp_path / "r2"), "--affinity", str(bad)])
+    assert refused.exit_code == 2 and "not an affinity table" in refused.output and not (tmp_path / "r2").exists()
 
 
 def test_report_refuses_a_directory_without_runs(tmp_path):
