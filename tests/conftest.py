@@ -126,3 +126,23 @@ def site(tmp_path, monkeypatch):
     yield throwaway
     throwaway.remove_all()
 
+
+
+@pytest.fixture
+def interrupt_in_epoch(monkeypatch):
+    """``restore = interrupt_in_epoch(n)``: every training pass raises KeyboardInterrupt as
+    its epoch ``n`` (0-based) begins, as a Ctrl-C there would, until ``restore()``."""
+    from kdzoo.run import trainer
+
+    original = trainer.TrainingPass.train_epoch
+
+    def interrupt(at: int):
+        def train_epoch(self, epoch, arms, progress):
+            if epoch == at:
+                raise KeyboardInterrupt
+            return original(self, epoch, arms, progress)
+
+        monkeypatch.setattr(trainer.TrainingPass, "train_epoch", train_epoch)
+        return lambda: monkeypatch.setattr(trainer.TrainingPass, "train_epoch", original)
+
+    return interrupt

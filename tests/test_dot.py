@@ -196,9 +196,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_dot_distil_run_resumes_bit_for_bit(host, tiny_distill, tmp_path, monkeypatch):
-    from kdzoo.run import trainer as engine
-
+def test_a_dot_distil_run_resumes_bit_for_bit(host, tiny_distill, tmp_path, interrupt_in_epoch):
     spec = validate_spec({**with_dot(tiny_distill), "output_dir": str(tmp_path / "runs")}, host.registry)
     assert spec.optimizer.name == "dot" and spec.optimizer.delta == 0.075
     full = run_single(spec, host, tmp_path / "full", log=lambda _: None, progress=True)
@@ -206,17 +204,10 @@ def test_a_dot_distil_run_resumes_bit_for_bit(host, tiny_distill, tmp_path, monk
     names = {k.split(".", 2)[-1] for k in state if k.startswith(rundir.OPTIMIZER_PREFIX)}
     assert names == {TASK_BUFFER, DISTILL_BUFFER}  # trained by DOT, both buffers in the state
 
-    original = engine.TrainingPass.train_epoch
-
-    def crash_in_second_epoch(self, epoch, arms, progress):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch, arms, progress)
-
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", crash_in_second_epoch)
+    restore = interrupt_in_epoch(1)
     with pytest.raises(KeyboardInterrupt):
         run_single(spec, host, tmp_path / "cut", log=lambda _: None, progress=True)
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", original)
+    restore()
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "cut"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output

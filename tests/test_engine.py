@@ -62,27 +62,19 @@ def test_distill_from_a_checkpoint_teacher(host, tiny_train, tiny_distill, tmp_p
     assert final["test/top1/t1"] == pytest.approx(json.loads((tmp_path / "teacher" / "summary.json").read_text())["final"]["test/top1/model"])
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(host, tiny_distill, tmp_path, monkeypatch):
-    from kdzoo.run import trainer as engine
+def test_resume_after_interruption_matches_uninterrupted_run(host, tiny_distill, tmp_path, interrupt_in_epoch):
     from kdzoo.run.checkpoint import load_tensors_with_metadata
 
     tiny_distill.update(epochs=3, output_dir=str(tmp_path / "runs"))
     spec = validate_spec(tiny_distill, host.registry)
     full = run_single(spec, host, tmp_path / "full", log=lambda _: None, progress=True)
 
-    original = engine.TrainingPass.train_epoch
-
-    def crash_in_third_epoch(self, epoch, arms, progress):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, arms, progress)
-
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", crash_in_third_epoch)
+    restore = interrupt_in_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         run_single(spec, host, tmp_path / "cut", log=lambda _: None, progress=True)
     _, header = load_tensors_with_metadata(rundir.state_file(tmp_path / "cut"))
     assert json.loads(header["kdzoo_state"])["epoch"] == 2
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", original)
+    restore()
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "cut"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output

@@ -125,20 +125,13 @@ def test_fused_arms_with_views_train_bit_for_bit_as_one_by_one(fused_and_separat
         assert_same_run(tmp / "fused" / "arms" / arm, tmp / "separate" / "arms" / arm)
 
 
-def test_a_crld_run_resumes_as_if_uninterrupted(tmp_path, monkeypatch):
+def test_a_crld_run_resumes_as_if_uninterrupted(tmp_path, interrupt_in_epoch):
     spec = write_spec(tmp_path, [{"name": "ce"}, CRLD], epochs=3)
     whole = run(str(spec), "--out", str(tmp_path / "whole"))
     assert whole.exit_code == 0, whole.output
-    original = engine.TrainingPass.train_epoch
-
-    def crash_in_third_epoch(self, epoch, arms, progress):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, arms, progress)
-
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", crash_in_third_epoch)
+    restore = interrupt_in_epoch(2)
     assert run(str(spec), "--out", str(tmp_path / "cut")).exit_code != 0
-    monkeypatch.setattr(engine.TrainingPass, "train_epoch", original)
+    restore()
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "cut"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output

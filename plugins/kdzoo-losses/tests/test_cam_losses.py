@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from kdzoo.api import CamHead, DistillBatch, ModelOutputs, Network, SetupContext
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import make_distill_batch, tiny_network_pair
 
 B, K, SIDE = 4, 5, 4
@@ -38,13 +37,6 @@ class Head(nn.Module):
 
 def network(channels: int, seed: int, cam: bool = True) -> Network:
     return Network(Head(channels, seed), num_classes=K, cam=CamHead("feat", "fc") if cam else None)
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def feature_map(channels: int, seed: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ import torch
 from pydantic import ValidationError
 
 from kdzoo.api import Loss
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import logits_batch
 
 B, K = 4, 5
@@ -30,13 +29,6 @@ LABEL_ONLY = {"ce", "tfkd"}
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
-
-
 def build(host, name: str, **params) -> Loss:
     return host.registry.build("loss", name, params)
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import logits_batch
 
 # B = 2 samples, K = 3 classes.
@@ -16,13 +15,6 @@ STUDENT = [[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]]
 TEACHER_1 = [[0.0, 2.0, 5.0], [1.0, 1.0, 1.0]]
 # student - teacher_2 = [[0, 0, 0], [0, -1, 4]]: squares [[0, 0, 0], [0, 1, 16]], row sums 0 and 17, total 17.
 TEACHER_2 = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def build(host, **params):

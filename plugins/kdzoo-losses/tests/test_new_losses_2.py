@@ -14,18 +14,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from kdzoo.api import CamHead, DistillBatch, ModelOutputs, Network, SetupContext
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import logits_batch, make_distill_batch, tiny_network_pair
 
 B, K = 6, 5
 C_S, C_T, SIDE = 3, 4, 2
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def build(host, name, **params):

@@ -3,22 +3,13 @@ CIFAR-100 numbers, each reference written out here in plain torch from that code
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from kdzoo.api import DistillBatch, ModelOutputs
-from kdzoo.host.loading import load_plugins
 
 TARGETS = torch.tensor([0, 3, 1, 4, 2, 3])
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def logits(seed: int, scale: float = 3.0) -> torch.Tensor:

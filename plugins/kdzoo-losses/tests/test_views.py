@@ -17,18 +17,10 @@ import torch
 from pydantic import ValidationError
 
 from kdzoo.api import ViewRequest
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import logits_batch, make_distill_batch, tiny_network_pair
 
 B, K = 8, 5
 TARGETS = torch.tensor([0, 3, 1, 4, 3, 0, 2, 2])
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def build(host, name, **params):

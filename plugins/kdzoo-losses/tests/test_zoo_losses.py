@@ -16,19 +16,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdzoo.host.loading import load_plugins
 from kdzoo.testing import logits_batch
 
 B, K = 6, 5
 TARGETS = torch.tensor([0, 3, 1, 4, 3, 0])  # two same-class pairs: (0, 5) and (1, 4)
 TEACHER_LOSSES = ("wsld", "normkd", "rld", "mlkd")
-
-
-@pytest.fixture(scope="module")
-def host():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KDZOO_LOAD_PLUGINS", "kdzoo-losses")
-        return load_plugins()
 
 
 def build(host, name, **params):
