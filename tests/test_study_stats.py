@@ -99,3 +99,31 @@ def test_regime_checks_by_hand():
     failing = regime_checks([baseline_arm(0, 0.05, 0.74)], rows + [["d", "T2s", "strong", 2, 0.65, 0.0]], scale)
     assert [c.met for c in failing] == [False, False, False]
     assert [c.status for c in regime_checks([], [], scale)] == ["not measured"] * 3
+
+
+def test_two_policies_in_one_class_are_not_paired_as_one():
+    """RandAugment at two magnitudes is 'strong' twice on the two-class scale: the findings
+    say so and ask for an affinity order instead of mixing the two strengths."""
+    from kdzoo.study.arms import Group
+    from kdzoo.study.findings import findings
+
+    m5 = Policy.of({"name": "randaugment", "params": {"magnitude": 5}})
+    m12 = Policy.of({"name": "randaugment", "params": {"magnitude": 12}})
+    labels = policy_labels([Policy("weak"), m5, m12])
+    scale = class_scale(labels, ("randaugment",), ("weak",))
+    assert scale.ambiguous == ["strong (randaugment:magnitude=12, randaugment:magnitude=5)"]
+    groups = [Group(label, [], [label], "weak") for label in labels.values()]
+    assert all("order them by strength with --affinity" in f.verdict for f in findings(groups, scale))
+
+
+def test_the_strength_plot_draws_groups_that_share_a_strength(tmp_path):
+    """Two groups at one level and teacher count (two student policies) are two points."""
+    from kdzoo.study.arms import Group
+    from kdzoo.study.plots import plot_strength_axis
+
+    def arm(seed, top1):
+        return Arm(f"a{seed}", Path("x"), {"seed": seed}, {"role": "student", "gap_at_best": 0.1, "final": {"test/top1/student": top1}}, [])
+
+    groups = [Group(f"{p}_{s}", [arm(0, 0.5), arm(1, 0.52)], [p], s) for p in ("weak", "strong") for s in ("weak", "strong")]
+    written = plot_strength_axis(groups, lambda g: g.teacher_policies[0], ["weak", "strong"], {"weak": 0.9, "strong": 0.6}, tmp_path / "s.png")
+    assert written is not None and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

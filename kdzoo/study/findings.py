@@ -139,6 +139,9 @@ def findings(groups: list[Group], scale: StrengthScale, teacher_seed: TeacherSee
     if scale.strongest is None:
         why = f"not measured: needs arms whose teachers all share one policy at two or more strengths (scale: {scale.source})"
         return [Finding(n, claim, [], why) for n, claim in claims.items()]
+    if scale.ambiguous:
+        why = f"not measured: several policies in one class, {'; '.join(scale.ambiguous)}: order them by strength with --affinity"
+        return [Finding(n, claim, [], why) for n, claim in claims.items()]
     pairing = Pairing(groups, scale, teacher_seed)
     weakest, strongest = scale.weakest, scale.strongest
 

@@ -155,7 +155,7 @@ def plot_strength_axis(groups: list[Group], level_of_group: Callable[[Group], st
     fig, axes = plt.subplots(1, len(STRENGTH_PANELS), figsize=(4.0 * len(STRENGTH_PANELS), 3.6), squeeze=False)
     for ax, key in zip(axes[0], STRENGTH_PANELS):
         for count in sorted({g.n_teachers for g, _ in placed}):
-            points = sorted((x_of[level], group_spread(g, key)) for g, level in placed if g.n_teachers == count)
+            points = sorted(((x_of[level], group_spread(g, key)) for g, level in placed if g.n_teachers == count), key=lambda p: p[0])
             points = [(x, s) for x, s in points if s.mean is not None]
             if points:
                 ax.errorbar([x for x, _ in points], [s.mean for _, s in points], yerr=[s.std or 0.0 for _, s in points],

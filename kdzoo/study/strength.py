@@ -96,6 +96,7 @@ class StrengthScale:
     level_of: dict[str, str]  # policy label -> its level (itself, or its class)
     affinity: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    ambiguous: list[str] = field(default_factory=list)  # levels that hold several policies (two-class scale)
 
     def level(self, label: str) -> str | None:
         return self.level_of.get(label)
@@ -127,4 +128,8 @@ def class_scale(labels: dict[Policy, str], strong: Iterable[str], weak: Iterable
     strong, weak = tuple(strong), tuple(weak)
     level_of = {label: "strong" if p.name in strong else "weak" for p, label in labels.items() if p.name in strong or p.name in weak}
     levels = [c for c in ("weak", "strong") if c in level_of.values()]
-    return StrengthScale(levels, level_of, {}, f"two classes (strong: {', '.join(strong)}; weak: {', '.join(weak)})")
+    # Two policies in one class (RandAugment at two magnitudes) are two strengths: pairing
+    # them as one would mix them, so the findings wait for an order (--affinity).
+    ambiguous = [f"{c} ({', '.join(sorted(l for l, v in level_of.items() if v == c))})"
+                 for c in levels if sum(v == c for v in level_of.values()) > 1]
+    return StrengthScale(levels, level_of, {}, f"two classes (strong: {', '.join(strong)}; weak: {', '.join(weak)})", ambiguous)
