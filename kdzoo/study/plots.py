@@ -167,7 +167,9 @@ def plot_strength_axis(groups: list[Group], level_of_group: Callable[[Group], st
         ax.set_xticks([x_of[level] for level in levels])
         ax.set_xticklabels([f"{level}\n{fmt(affinity[level], 2)}" if level in affinity else level for level in levels], fontsize=6)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    labelled = next((ax for ax in axes[0] if ax.get_legend_handles_labels()[0]), None)  # T~T IoU has no 1-teacher line
+    if labelled is not None:
+        labelled.legend(fontsize=7)
     fig.suptitle("Teacher augmentation strength vs the study's quantities (bars: std over seeds)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
