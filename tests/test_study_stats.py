@@ -127,3 +127,18 @@ def test_the_strength_plot_draws_groups_that_share_a_strength(tmp_path):
     groups = [Group(f"{p}_{s}", [arm(0, 0.5), arm(1, 0.52)], [p], s) for p in ("weak", "strong") for s in ("weak", "strong")]
     written = plot_strength_axis(groups, lambda g: g.teacher_policies[0], ["weak", "strong"], {"weak": 0.9, "strong": 0.6}, tmp_path / "s.png")
     assert written is not None and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_policies_missing_from_the_affinity_table_are_named(tmp_path):
+    """An affinity table that covers none of the teachers' policies: the findings say which
+    policies lack an affinity and how to measure them, not only that nothing was compared."""
+    from kdzoo.study.arms import Group
+    from kdzoo.study.findings import findings
+
+    m5 = Policy.of({"name": "randaugment", "params": {"magnitude": 5}})
+    labels = policy_labels([Policy("weak"), m5])
+    scale = affinity_scale(labels, [("strong", 0.5), ("weak", 0.9)], "a.csv")
+    assert scale.levels == ["weak"] and scale.unplaced == ["randaugment"]
+    groups = [Group(label, [], [label], "weak") for label in labels.values()]
+    verdict = findings(groups, scale)[0].verdict
+    assert verdict.startswith("not measured") and "no affinity for randaugment" in verdict and "kdzoo affinity" in verdict

@@ -138,6 +138,8 @@ def findings(groups: list[Group], scale: StrengthScale, teacher_seed: TeacherSee
     }
     if scale.strongest is None:
         why = f"not measured: needs arms whose teachers all share one policy at two or more strengths (scale: {scale.source})"
+        if scale.unplaced:  # the likely cause: the table names the policies otherwise
+            why += f"; no affinity for {', '.join(scale.unplaced)}: measure them with `kdzoo affinity --policies ...`"
         return [Finding(n, claim, [], why) for n, claim in claims.items()]
     if scale.ambiguous:
         why = f"not measured: several policies in one class, {'; '.join(scale.ambiguous)}: order them by strength with --affinity"

@@ -97,6 +97,7 @@ class StrengthScale:
     affinity: dict[str, float] = field(default_factory=dict)
     source: str = ""
     ambiguous: list[str] = field(default_factory=list)  # levels that hold several policies (two-class scale)
+    unplaced: list[str] = field(default_factory=list)  # teacher policies the affinity table does not cover
 
     def level(self, label: str) -> str | None:
         return self.level_of.get(label)
@@ -121,7 +122,8 @@ def affinity_scale(labels: dict[Policy, str], rows: list[tuple[str, float]], sou
                 affinity[label] = value
                 break
     levels = sorted(affinity, key=lambda label: -affinity[label])
-    return StrengthScale(levels, {label: label for label in levels}, affinity, f"affinity ({source})")
+    unplaced = sorted(label for label in labels.values() if label not in affinity)
+    return StrengthScale(levels, {label: label for label in levels}, affinity, f"affinity ({source})", unplaced=unplaced)
 
 
 def class_scale(labels: dict[Policy, str], strong: Iterable[str], weak: Iterable[str]) -> StrengthScale:
