@@ -154,3 +154,19 @@ def test_docs_spec_reference_is_current():
 
     committed = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
     assert committed == render(), "docs/spec.md is stale: python -m kdzoo.spec.doc > docs/spec.md"
+
+
+def test_matrix_variants_set_several_fields_in_one_arm(host, tiny_distill, write_spec):
+    from kdzoo.spec import load_spec
+
+    variants = [
+        {"name": "plain"},  # refused below: a variant must set something
+    ]
+    staged = {"name": "slow", "epochs": 2, "optimizer.lr": 0.01}
+    spec = {**tiny_distill, "matrix": {"variants": [{"epochs": 1}, staged], "seed": [0, 1]}}
+    _, runs = load_spec(write_spec(spec), host.registry)
+    assert [name for name, _ in runs] == ["epochs1_seed0", "epochs1_seed1", "slow_seed0", "slow_seed1"]
+    assert [(r.epochs, r.optimizer.lr, r.seed) for _, r in runs[2:]] == [(2, 0.01, 0), (2, 0.01, 1)]
+    assert runs[0][1].optimizer.lr == tiny_distill.get("optimizer", {}).get("lr", runs[0][1].optimizer.lr) != 0.01
+    result = CliRunner().invoke(cli, ["validate", str(write_spec({**tiny_distill, "matrix": {"variants": variants}}))])
+    assert result.exit_code == 2 and "matrix.variants: each value must be a mapping" in result.output

@@ -23,6 +23,9 @@ may be written as a bare name (`augmentation: weak`).
 
 `matrix:` (any run kind) maps dotted paths to lists of values; the spec expands into
 the product of all values, one run ("arm") each, run in `OUTPUT_DIR/NAME/arms/ARM`.
+Its one key that is not a path, `variants:`, lists mappings of dotted paths that one arm
+sets together (`{name: ft, losses: [...], stages: [...]}`; `name` names the arm), for
+arms that differ in several fields at once; it multiplies with the other keys.
 Inline teachers inherit {inherited} from their distill spec unless they set them, take the
 seed `1000 * seed + index + 1` unless they set one, and are trained once per content
 (cached in `OUTPUT_DIR/teachers/`). An inline teacher may itself be distilled

@@ -1,5 +1,10 @@
 """``matrix:``: one spec expanded into the product of its values, one named arm each.
 
+``matrix: {variants: [...]}`` is the one key that is not a path: each of its values is a
+mapping of dotted paths set together in one arm (an optional ``name`` names that part of
+the arm), for arms that differ in several fields at once (a method with its own stages
+or optimizer). It multiplies with the other keys like any entry.
+
 Arm names are directory names and must be unique: arms whose short names collide
 (e.g. two ``kd`` losses that differ only in params) are named from the values that
 differ. A grid larger than ``KDZOO_MAX_ARMS`` (default 10,000) is refused with its size
@@ -20,6 +25,8 @@ from kdzoo.errors import KdzooError, SpecError
 from kdzoo.spec.paths import set_path
 
 MAX_ARMS_ENV = "KDZOO_MAX_ARMS"
+#: The matrix key whose values are {dotted path: value} mappings applied together.
+VARIANTS = "variants"
 DEFAULT_MAX_ARMS = 10_000
 
 
@@ -45,6 +52,10 @@ def expand_matrix(data: dict[str, Any], source: str = "spec") -> list[tuple[str,
     if not isinstance(matrix, dict):
         return [(data.get("name") or "run", data)]  # validation reports the bad matrix
     paths = list(matrix)
+    bad_variants = [v for v in _values(matrix.get(VARIANTS, [])) if not isinstance(v, dict) or not set(v) - {"name"}]
+    if bad_variants:
+        raise SpecError(source, [f"matrix.{VARIANTS}: each value must be a mapping of dotted paths to the values one arm "
+                                 f"sets together (and an optional name), got {bad_variants[0]!r}"])
     count = math.prod(len(_values(matrix[p])) for p in paths)
     limit = max_arms_allowed()
     if count > limit:
@@ -57,10 +68,18 @@ def expand_matrix(data: dict[str, Any], source: str = "spec") -> list[tuple[str,
     for arm_name, values in zip(names, combos):
         arm = copy.deepcopy(base)
         for path, value in zip(paths, values):
-            set_path(arm, path, copy.deepcopy(value))
+            for field, field_value in _assignments(path, value):
+                set_path(arm, field, copy.deepcopy(field_value))
         arm["name"] = arm_name
         arms.append((arm_name, arm))
     return arms
+
+
+def _assignments(path: str, value: Any) -> list[tuple[str, Any]]:
+    """The (dotted path, value) pairs one matrix value sets: one, or a variant's several."""
+    if path != VARIANTS:
+        return [(path, value)]
+    return [(field, field_value) for field, field_value in value.items() if field != "name"]
 
 
 def unique_arm_names(paths: list[str], combos: list[tuple[Any, ...]]) -> list[str]:
@@ -100,7 +119,13 @@ def _scalar(value: Any) -> str:
 def _slug(path: str, value: Any, verbose: bool = False) -> str:
     """Short readable arm-name part for one matrix value."""
     leaf = path.split(".")[-1]
-    if isinstance(value, dict) and "name" in value:
+    if path == VARIANTS and isinstance(value, dict):
+        if not verbose and "name" in value:
+            text = str(value["name"])
+        else:
+            text = "_".join(_slug(field, field_value, verbose) for field, field_value in value.items() if field != "name")
+            text = f"{value['name']}_{text}" if "name" in value else text
+    elif isinstance(value, dict) and "name" in value:
         text = _component_slug(value, verbose)
     elif isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
         text = "-".join(_component_slug(v, verbose) for v in value)

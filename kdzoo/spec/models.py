@@ -152,7 +152,8 @@ class RunSpec(StrictModel):
         default_factory=list, description="plugin files (.py) this spec uses, relative to the spec file (loaded like installed plugins)"
     )
     matrix: dict[str, list[Any]] | None = Field(
-        None, description="dotted path -> values; the spec expands into the product of all values"
+        None, description="dotted path -> values; the spec expands into the product of all values. "
+        "`variants:` lists mappings of dotted paths set together in one arm (optional `name`: the arm's name part)"
     )
     # How an arm is launched is not what it computes: excluded from every dump, so the
     # resolved spec.yaml, the teacher cache key, grid skipping and --resume ignore it.
