@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # Version of the hook API that plugins are written against. A plugin declares the
 # minimum it needs (``KDZOO_PLUGIN_API = (1, 0)`` in its hook module); the loader
 # refuses plugins that need a newer major/minor than this core provides.
-PLUGIN_API_VERSION = (1, 3)  # 1.1: Params, metric keys, role_pairs, examples=, Metric.reduce, Reducer, all_gather_tensor; 1.2: peers, register(weights=), Network.weights_source; 1.3: Loss.views (a second view), Loss.is_task_loss, DistillBatch.stage, Loss.stages, Loss.student_head
+PLUGIN_API_VERSION = (1, 4)  # 1.1: Params, metric keys, role_pairs, examples=, Metric.reduce, Reducer, all_gather_tensor; 1.2: peers, register(weights=), Network.weights_source; 1.3: Loss.views (a second view), Loss.is_task_loss, DistillBatch.stage, Loss.stages, Loss.student_head; 1.4: Network.pre_activation_stages, Network.pre_activation_norms
 
 from kdzoo.host.hookspecs import hookimpl  # noqa: E402  (pluggy only: still cheap)
 

@@ -51,6 +51,11 @@ class Network(nn.Module):
       default; ``IMAGENET_MEAN`` for ImageNet-pretrained bodies).
     - ``std``: per-channel RGB standard deviation divided by after subtracting ``mean``.
     - ``stages``: outputs of the network's stages, shallow to deep (feature losses).
+    - ``pre_activation_stages``: the same stages' outputs before their final activation
+      (e.g. a residual block's sum before its ReLU), one per stage; AB and OFD tap these,
+      as their references do. Empty: those losses tap ``stages``.
+    - ``pre_activation_norms``: the BatchNorm2d that feeds each pre-activation output
+      (a residual block's last BN), one per stage; OFD derives its margin from it.
     - ``embedding``: the pooled penultimate features (flattened to ``(B, D)`` by users).
     - ``cam``: last feature map and linear head, for class activation maps.
     - ``attention``: (transformers) module paths whose forward output is the attention
@@ -73,6 +78,8 @@ class Network(nn.Module):
         mean: Sequence[float] = CIFAR_MEAN,
         std: Sequence[float] = CIFAR_STD,
         stages: Sequence[str] = (),
+        pre_activation_stages: Sequence[str] = (),
+        pre_activation_norms: Sequence[str] = (),
         embedding: str | None = None,
         cam: CamHead | None = None,
         attention: Sequence[str] = (),
@@ -87,6 +94,11 @@ class Network(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.stages = list(stages)
+        self.pre_activation_stages = list(pre_activation_stages)
+        self.pre_activation_norms = list(pre_activation_norms)
+        for name, paths in (("pre_activation_stages", self.pre_activation_stages), ("pre_activation_norms", self.pre_activation_norms)):
+            if paths and len(paths) != len(self.stages):
+                raise ValueError(f"Network: {name} has {len(paths)} paths for {len(self.stages)} stages (one per stage)")
         self.embedding = embedding
         self.cam = cam
         self.attention = list(attention)

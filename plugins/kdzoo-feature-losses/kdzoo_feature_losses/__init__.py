@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from kdzoo import hookimpl
 
-KDZOO_PLUGIN_API = (1, 3)  # ft, ab, fsp: Loss.stages; simkd: Loss.student_head (1.3)
+KDZOO_PLUGIN_API = (1, 4)  # ft, ab, fsp: Loss.stages; simkd: Loss.student_head (1.3); ab, ofd: Network.pre_activation_stages (1.4)
 
 _LAYERS_HELP = (
     "module paths to tap in the {who} (inside its body); unset = the network's declared taps "
@@ -117,6 +117,7 @@ class FTParams(_TappedParams):
         description="in a run without stages, the weight of the paraphraser's reconstruction loss, trained jointly; "
         "with the stages paraphraser and transfer it is unused (the paraphraser trains alone, then stays frozen)",
     )
+    convention: Convention = _convention_field()
 
 
 class ABParams(_TappedParams):

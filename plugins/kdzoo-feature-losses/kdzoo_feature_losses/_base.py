@@ -15,7 +15,7 @@ from kdzoo_feature_losses._math import resize_to
 
 #: "second_stage": the second declared stage (the last when only one is declared), where
 #: RepDistiller / mdistiller place FitNets' hint (their ``hint_layer = 2``, counting the stem)
-DefaultTaps = Literal["second_stage", "last_stage", "all_stages", "embedding"]
+DefaultTaps = Literal["second_stage", "last_stage", "all_stages", "all_stages_pre_activation", "embedding"]
 FeatureKind = Literal["map", "embedding", "any"]
 
 
@@ -79,6 +79,8 @@ class TappedLoss(Loss):
             raise ValueError(f"{self.loss_name}: the {role} network declares no stages; set {role}_layers")
         if self.default_taps == "all_stages":
             return list(net.stages)
+        if self.default_taps == "all_stages_pre_activation":  # the stages themselves where a network declares none
+            return list(net.pre_activation_stages or net.stages)
         if self.default_taps == "second_stage":
             return [net.stages[min(1, len(net.stages) - 1)]]
         return [net.stages[-1]]

@@ -41,15 +41,17 @@ class ActivationBoundaryLoss(LayerwiseLoss):
     ``init``; the loss itself is the same in every stage. Without stages it is simply
     added to the objective.
 
-    Taps should be *pre-activation* outputs (e.g. a stage's last BatchNorm; the
-    references tap the stages' pre-ReLU outputs). With post-ReLU taps the teacher's sign
-    degenerates to "positive vs. zero". RepDistiller skips the connector where shapes
-    already match; here it is always there.
+    Taps: by default every stage's *pre-activation* output (the network's
+    ``pre_activation_stages``: for cifar-resnet the last block's residual sum before its
+    ReLU), as RepDistiller taps ``feat[1:-1]`` with ``preact=True``; a network that
+    declares none is tapped at its stages (post-ReLU, where the teacher's sign degenerates
+    to "positive vs. zero"). RepDistiller skips the connector where shapes already match;
+    here it is always there.
     """
 
     loss_name = "ab"
     params_model = ABParams
-    default_taps = "all_stages"
+    default_taps = "all_stages_pre_activation"
     feature_kind = "map"
     stages = ("init",)
 
@@ -84,6 +86,16 @@ def batchnorm_producing(net: Network, path: str, channels: int) -> nn.BatchNorm2
     return None
 
 
+def margin_batchnorm(net: Network, path: str, channels: int) -> nn.BatchNorm2d | None:
+    """The BatchNorm2d OFD's margin comes from: the one the network names for a
+    pre-activation stage, else the one producing ``path`` (:func:`batchnorm_producing`)."""
+    if path in net.pre_activation_stages and net.pre_activation_norms:
+        norm = net.submodule(net.pre_activation_norms[net.pre_activation_stages.index(path)])
+        if isinstance(norm, nn.BatchNorm2d) and norm.affine and norm.num_features == channels:
+            return norm
+    return batchnorm_producing(net, path, channels)
+
+
 class OFDConnector(nn.Module):
     """Student connector (1x1 conv + BN) plus the teacher's per-channel margin (a buffer)."""
 
@@ -116,17 +128,21 @@ class OverhaulLoss(LayerwiseLoss):
     size where this resizes the connector's output to the teacher's (the same when the
     sizes match).
 
-    Margin source: when the tapped teacher module is a BatchNorm2d (or an nn.Sequential
-    ending in one), its affine weight and bias give the margin; otherwise (residual
-    blocks, post-ReLU taps, token maps) the margin is **zero**, which makes the target
-    the teacher feature itself and still skips "both non-positive, student below" positions.
-    Point ``teacher_layers`` at pre-ReLU BatchNorms for the paper's setting (the
-    references tap every stage's pre-ReLU output).
+    Taps: by default every stage's pre-ReLU output (the network's
+    ``pre_activation_stages``), as the references do (mdistiller ``get_stage_channels`` /
+    ``preact_feats``); a network that declares none is tapped at its stages.
+
+    Margin source: for a pre-activation stage, the BatchNorm the network names for it
+    (``pre_activation_norms``: the last block's ``bn2``, mdistiller's
+    ``get_bn_before_relu``); else, when the tapped teacher module is a BatchNorm2d (or an
+    nn.Sequential ending in one), its affine weight and bias; otherwise (post-ReLU taps,
+    token maps) the margin is **zero**, which makes the target the teacher feature itself
+    and still skips "both non-positive, student below" positions.
     """
 
     loss_name = "ofd"
     params_model = OFDParams
-    default_taps = "all_stages"
+    default_taps = "all_stages_pre_activation"
     feature_kind = "map"
 
     def layer_weights(self, count: int) -> list[float]:
@@ -136,7 +152,7 @@ class OverhaulLoss(LayerwiseLoss):
 
     def build_layer(self, pair: LayerPair, context: SetupContext, teacher_index: int) -> nn.Module:
         channels = pair.teacher_shape[1]
-        norm = batchnorm_producing(context.teachers[teacher_index], pair.teacher_path, channels)
+        norm = margin_batchnorm(context.teachers[teacher_index], pair.teacher_path, channels)
         if norm is None:
             margin = torch.zeros(channels)
         else:

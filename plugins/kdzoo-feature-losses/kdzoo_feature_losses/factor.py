@@ -55,10 +55,15 @@ class FactorTransferLoss(LayerwiseLoss):
     Factor Transfer", NeurIPS 2018, arXiv:1802.04977.
 
     ``F_T = paraphraser_encoder(t)`` (``int(paraphrase_rate * C_t)`` channels, rate 0.5),
-    ``F_S = translator(s)`` (bilinearly resized to the teacher's spatial size); loss
-    ``| F_T / ||F_T||_2 - F_S / ||F_S||_2 |_1`` with per-sample vectorised factors, averaged
-    over elements as in the authors' code (the paper writes the p = 1 norm, i.e. a sum;
-    its beta = 1e3 was tuned with the mean).
+    ``F_S = translator(s)`` (bilinearly resized to the teacher's spatial size), compared
+    through ``phi``: ``| phi(F_T) - phi(F_S) |_1`` averaged over elements.
+
+    ``convention: reference`` (default) follows RepDistiller ``distiller_zoo/FT.py`` (the
+    code behind the published CIFAR-100 number, weight 200): ``phi(F)`` is the per-sample
+    L2-normalised spatial map of the channel mean of ``F^2`` (its ``p1 = 2``), so the
+    term compares where the factors are strong, an H x W vector per sample.
+    ``convention: paper``: ``phi(F) = vec(F) / ||vec(F)||_2``, the whole factor as the
+    paper's equation writes it (as a mean over elements; the paper's p = 1 norm is a sum).
 
     Stages (``stages:`` of the spec; RepDistiller ``train_student.py`` with
     ``helper/pretrain.py:init`` for ``--distill factor``, the setting behind the published
@@ -113,10 +118,13 @@ class FactorTransferLoss(LayerwiseLoss):
     def reconstruction(teacher: Tensor, module: nn.Module) -> Tensor:
         return F.mse_loss(module.decoder(module.encoder(teacher)).float(), teacher)
 
-    @staticmethod
-    def transfer(student: Tensor, teacher_factor: Tensor, module: nn.Module) -> Tensor:
+    def transfer(self, student: Tensor, teacher_factor: Tensor, module: nn.Module) -> Tensor:
         student_factor = resize_to(module.translator(student), tuple(teacher_factor.shape[-2:]))
-        return F.l1_loss(
-            F.normalize(student_factor.flatten(1).float(), p=2, dim=1),
-            F.normalize(teacher_factor.flatten(1).float(), p=2, dim=1),
-        )
+        return F.l1_loss(self.factor_vector(student_factor), self.factor_vector(teacher_factor))
+
+    def factor_vector(self, factor: Tensor) -> Tensor:
+        """``phi(F)``: per sample, L2-normalised (see the class docstring for the two forms)."""
+        factor = factor.float()
+        if self.params.convention == "reference":
+            factor = factor.pow(2).mean(dim=1)  # RepDistiller's p1 = 2: a spatial map
+        return F.normalize(factor.flatten(1), p=2, dim=1)

@@ -280,16 +280,21 @@ def test_nst_is_polynomial_mmd_of_channel_patterns(harness):
 
 
 # --------------------------------------------------------------------------- FT
-def test_ft_is_l1_of_normalised_factors_plus_reconstruction(harness):
+@pytest.mark.parametrize("convention", ["reference", "paper"])
+def test_ft_is_l1_of_normalised_factors_plus_reconstruction(harness, convention):
     s, t = randn(4, 8, 4, 4, seed=1), randn(4, 6, 2, 2, seed=2)
-    run = harness.on_features("ft", {"s": s}, [{"t": t}], params={"reconstruction_weight": 0.3})
+    params = {"reconstruction_weight": 0.3, "convention": convention}
+    run = harness.on_features("ft", {"s": s}, [{"t": t}], params=params)
     modules = run.modules()[0]
     modules.eval()
     run.loss.eval()
     factor_t = modules.encoder(t)
     assert factor_t.shape[1] == 3  # paraphrase rate 0.5 of 6 channels
     factor_s = F.interpolate(modules.translator(s), size=(2, 2), mode="bilinear", align_corners=False)
-    transfer = (unit_rows(factor_s.flatten(1)) - unit_rows(factor_t.flatten(1))).abs().mean()
+    phi_s, phi_t = factor_s, factor_t
+    if convention == "reference":  # RepDistiller FT.factor, p1 = 2: the channel mean of F^2, per position
+        phi_s, phi_t = (factor_s**2).mean(dim=1), (factor_t**2).mean(dim=1)
+    transfer = (unit_rows(phi_s.flatten(1)) - unit_rows(phi_t.flatten(1))).abs().mean()
     reconstruction = ((modules.decoder(factor_t) - t) ** 2).mean()
     assert_close(run(), transfer + 0.3 * reconstruction)
 

@@ -27,7 +27,9 @@ RUNS_NETWORKS = {"fcfd"}
 DEFAULT_TAPS = {
     "second_stage": {"fitnet"},  # of the tiny CNNs' two stages: stage2 (see test_reference_conventions.py)
     "last_stage": {"sp", "ft", "simkd", "ickd", "mgd", "cwd"},
-    "all_stages": {"at", "ab", "fsp", "ofd", "kdsvd", "vid", "nst", "fcfd"},
+    "all_stages": {"at", "fsp", "kdsvd", "vid", "nst", "fcfd"},
+    # the tiny CNNs declare no pre-activation stages: these fall back to the stages
+    "all_stages_pre_activation": {"ab", "ofd"},
     "stages_and_embedding": {"reviewkd"},  # mdistiller's ReviewKD: the stages plus the pooled feature
     "embedding": {"cc", "rkd", "pkt", "crd", "srd", "pefd"},
 }
@@ -75,6 +77,7 @@ def test_setup_and_forward_on_tiny_networks(harness, name):
         "second_stage": ["stage2"],
         "last_stage": ["stage2"],
         "all_stages": ["stage1", "stage2"],
+        "all_stages_pre_activation": ["stage1", "stage2"],
         "stages_and_embedding": ["stage1", "stage2", "pool"],
         "embedding": ["pool"],
     }[kind]

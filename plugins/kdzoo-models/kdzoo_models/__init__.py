@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kdzoo import hookimpl
 
-KDZOO_PLUGIN_API = (1, 2)  # KdzooError in kdzoo.api (1.1); register(weights=) and Network.weights_source (1.2)
+KDZOO_PLUGIN_API = (1, 4)  # KdzooError in kdzoo.api (1.1); register(weights=) and Network.weights_source (1.2); cifar-resnet's pre-activation taps (1.4)
 
 CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)  # 6n + 2 with n = 1, 2, 3, 5, 7, 9, 18
 

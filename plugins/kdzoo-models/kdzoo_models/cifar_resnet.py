@@ -20,6 +20,9 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Identity()
+        # The residual sum before the block's ReLU, as a module so a forward hook can tap
+        # it (AB and OFD distil pre-activations); no parameters, so state dicts are unchanged.
+        self.pre_activation = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
@@ -29,7 +32,7 @@ class BasicBlock(nn.Module):
         # Out-of-place ReLUs: tapped outputs must not be overwritten by later layers.
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.pre_activation(out + self.shortcut(x)))
 
 
 class CifarResNet(nn.Module):
@@ -73,6 +76,7 @@ class CifarResNet(nn.Module):
 def build_cifar_resnet(params: CifarResNetParams, *, num_classes: int, image_size: int) -> Network:
     """CIFAR ResNet-(6n+2) -- He et al., "Deep Residual Learning for Image Recognition", CVPR 2016."""
     body = CifarResNet(params.depth, params.width, num_classes)
+    last = (params.depth - 2) // 6 - 1  # the last block of each stage
     source = load_weights(body, params.weights) if params.weights else None
     return Network(
         body,
@@ -81,6 +85,8 @@ def build_cifar_resnet(params: CifarResNetParams, *, num_classes: int, image_siz
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
         stages=["layer1", "layer2", "layer3"],
+        pre_activation_stages=[f"{stage}.{last}.pre_activation" for stage in ("layer1", "layer2", "layer3")],
+        pre_activation_norms=[f"{stage}.{last}.bn2" for stage in ("layer1", "layer2", "layer3")],
         embedding="avgpool",
         cam=CamHead(features="layer3", classifier="fc"),
         family="cnn",

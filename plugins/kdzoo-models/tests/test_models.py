@@ -153,6 +153,17 @@ def test_cifar_resnet_depth_sets_block_count(registry, depth, blocks_per_stage):
     assert [len(net.submodule(s)) for s in net.stages] == [blocks_per_stage] * 3
 
 
+def test_cifar_resnet_declares_its_pre_activations_without_new_parameters(registry):
+    net = build(registry, "cifar-resnet", {"depth": 14, "width": 4})  # two blocks per stage
+    assert net.pre_activation_stages == ["layer1.1.pre_activation", "layer2.1.pre_activation", "layer3.1.pre_activation"]
+    assert net.pre_activation_norms == ["layer1.1.bn2", "layer2.1.bn2", "layer3.1.bn2"]
+    assert not any("pre_activation" in key for key in net.state_dict())  # checkpoints are unchanged
+    _, taps = run_with_taps(net, net.stages + net.pre_activation_stages, image_batch())
+    for stage, pre in zip(net.stages, net.pre_activation_stages):
+        assert (taps[pre] < 0).any()  # before the ReLU
+        assert torch.equal(torch.relu(taps[pre]), taps[stage])  # the stage's output is its ReLU
+
+
 def test_cifar_resnet_fits_a_small_batch(registry):
     torch.manual_seed(0)
     net = build(registry, "cifar-resnet", {"depth": 8, "width": 8}, num_classes=4)
