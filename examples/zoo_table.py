@@ -1,18 +1,24 @@
 """The results table of docs/zoo.md, from a finished run of examples/zoo-cifar10.yaml.
 
-    python examples/zoo_table.py runs/zoo-cifar10 [--costs runs/zoo-cifar10-off]
+    python examples/zoo_table.py runs/zoo-cifar10 [--costs runs/zoo-cifar10-costs] [--curve runs/zoo-cifar10-ce-curve]
 
-Accuracy, fidelity and connector parameters come from GRID's arms. Seconds per epoch
-come from ``--costs`` (the same grid run with ``--fuse off``, where each arm's epoch is
-its own; in a fused pass every arm reports the pass's time) or from GRID itself when it
-ran unfused. With ``--costs``, every arm's final figures must be identical in both
-grids (fused arms train bit for bit as separate runs): the script checks it.
+One row per method (arms ``<method>_seed<N>``): test top-1, fidelity to the teacher and
+the generalisation gap (train minus test top-1) as mean ± std over the seeds, the paired
+gain over CE alone (same seed), and the connector parameters. Seconds per epoch come from
+``--costs``, a grid of the same arms run with ``--fuse off`` (in a fused pass every arm
+reports the pass's time), usually at a shorter budget: ``--set epochs=2``. The published
+CIFAR-100 top-1 is the one each recipe targets for ResNet-32x4 -> ResNet-8x4 (the
+``Target`` line of examples/recipes/*/<method>.yaml), and the ordering of the two is
+compared by Spearman's rank correlation. ``--curve`` prints CE's test top-1 at each budget
+of examples/zoo-cifar10-ce-curve.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +29,9 @@ from kdzoo import rundir  # noqa: E402
 from kdzoo.tables import markdown_table  # noqa: E402
 
 TOP1, FIDELITY = "test/top1/student", "test/fidelity/student~ensemble"
+TRAIN_TOP1 = "train/top1/student"
+RECIPES = Path(__file__).resolve().parent / "recipes"
+PAIR = re.compile(r"32x4\s*->\s*(?:resnet-?)?8x4", re.IGNORECASE)
 
 
 def arms(grid: Path) -> dict[str, tuple[dict, dict]]:
@@ -36,37 +45,131 @@ def arms(grid: Path) -> dict[str, tuple[dict, dict]]:
     return found
 
 
+def by_method(results: dict[str, tuple[dict, dict]]) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """Method -> seed -> (summary, spec), methods in grid order."""
+    grouped: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for name, (summary, spec) in results.items():
+        method, _, seed = name.rpartition("_seed")
+        grouped.setdefault(method or name, {})[int(seed or 0)] = (summary, spec)
+    return grouped
+
+
+def published_target(method: str) -> float | None:
+    """The ResNet-32x4 -> ResNet-8x4 CIFAR-100 top-1 the method's recipe targets, if it states one."""
+    for family in ("logit", "feature"):
+        path = RECIPES / family / f"{method}.yaml"
+        if not path.exists():
+            continue
+        header = " ".join(line[2:] for line in path.read_text().splitlines() if line.startswith("# "))
+        start = header.find("Target")
+        if start < 0:
+            return None
+        sentence = header[start:start + 200]
+        head = sentence[:30].lower()
+        number = re.search(r"(\d{2}\.\d{2})", sentence)
+        if "none" in head or "not verified" in head or number is None:
+            return None
+        pair = re.search(r"\S+\s*->\s*\S+", sentence[number.end():])  # the first pair named after the number
+        return float(number.group(1)) if pair and PAIR.search(pair.group(0)) else None
+    return None
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return ""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        rank = [0.0] * len(values)
+        i = 0
+        while i < len(order):  # ties share their mean rank
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                rank[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return rank
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
 def seconds_per_epoch(summary: dict) -> float | None:
     return None if "failed" in summary else summary["train_time_s"] / summary["epochs"]
+
+
+def method_label(spec: dict, method: str) -> str:
+    terms = [f"{t['name']} {t.get('weight', 1.0):g}" for t in spec["losses"]]
+    return " + ".join(terms) + (" (dot optimizer)" if spec["optimizer"]["name"] == "dot" else "") + (
+        " (stages: " + ", ".join(f"{s['name']} {s['epochs']}" for s in spec["stages"]) + ")" if spec.get("stages") else "")
+
+
+def results_table(grid: Path, costs: Path | None) -> tuple[str, list[tuple[str, float, float]]]:
+    methods = by_method(arms(grid))
+    timed = by_method(arms(costs)) if costs else {}
+    ce = {seed: s["final"][TOP1] for seed, (s, _) in methods["ce"].items() if "failed" not in s}
+    kd_time = next((seconds_per_epoch(s) for s, _ in timed.get("kd", {}).values()), None)
+    rows, ranked = [], []
+    for method, seeds in methods.items():
+        done = {seed: s["final"] for seed, (s, _) in seeds.items() if "failed" not in s}
+        spec = next(iter(seeds.values()))[1]
+        top1 = [f[TOP1] for f in done.values()]
+        gains = [f[TOP1] - ce[seed] for seed, f in done.items() if seed in ce]
+        gap = [f[TRAIN_TOP1] - f[TOP1] for f in done.values() if TRAIN_TOP1 in f]
+        cost = next((seconds_per_epoch(s) for s, _ in timed.get(method, {}).values()), None)
+        connectors = next((s.get("connector_parameters", 0) for s, _ in seeds.values() if "failed" not in s), None)
+        target = published_target(method)
+        failed = len(seeds) - len(done)
+        if top1 and target is not None:
+            ranked.append((method, statistics.mean(top1), target))
+        rows.append([f"`{method}`" + (f" ({failed} failed)" if failed else ""), method_label(spec, method),
+                     mean_std(top1), "" if method == "ce" else mean_std([100 * g for g in gains], 2),
+                     mean_std([f[FIDELITY] for f in done.values()]), mean_std(gap, 3),
+                     f"{cost:.1f}" if cost else "", f"{cost / kd_time:.2f}" if cost and kd_time else "",
+                     "" if connectors is None else f"{connectors:,}", "" if target is None else f"{target:.2f}"])
+    headers = ["method", "losses (weights as published)", "test top-1", "vs CE (points, paired)", "fidelity to teacher",
+               "train - test gap", "s / epoch", "cost vs kd", "connector params", "published (CIFAR-100)"]
+    return markdown_table(headers, rows), ranked
+
+
+def ordering_summary(ranked: list[tuple[str, float, float]]) -> str:
+    ours = sorted(ranked, key=lambda r: -r[1])
+    published = sorted(ranked, key=lambda r: -r[2])
+    rho = spearman([r[1] for r in ranked], [r[2] for r in ranked])
+    lines = [f"Spearman rank correlation with the published CIFAR-100 top-1 over {len(ranked)} methods: {rho:+.2f}",
+             "here, best first:      " + ", ".join(r[0] for r in ours),
+             "published, best first: " + ", ".join(r[0] for r in published)]
+    return "\n".join(lines)
+
+
+def curve_table(curve: Path) -> str:
+    rows = {}
+    for summary, spec in arms(curve).values():
+        if "failed" not in summary:
+            rows.setdefault(spec["epochs"], []).append(summary["final"])
+    return markdown_table(["epochs", "CE test top-1", "CE train top-1"],
+                          [[epochs, mean_std([f["test/top1/model"] for f in finals]), mean_std([f["train/top1/model"] for f in finals])]
+                           for epochs, finals in sorted(rows.items())])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", type=Path)
-    parser.add_argument("--costs", type=Path, help="the same grid run with --fuse off (per-arm seconds per epoch)")
+    parser.add_argument("--costs", type=Path, help="the same arms run with --fuse off (per-arm seconds per epoch)")
+    parser.add_argument("--curve", type=Path, help="a finished run of examples/zoo-cifar10-ce-curve.yaml")
     args = parser.parse_args()
-    results = arms(args.grid)
-    costs = arms(args.costs) if args.costs else results
-    if args.costs:
-        differ = [n for n, (s, _) in results.items() if "failed" not in s and s["final"] != costs[n][0].get("final")]
-        if differ:
-            raise SystemExit(f"final figures differ between {args.grid} and {args.costs}: {', '.join(differ)}")
-    kd_cost = seconds_per_epoch(costs["ce-kd"][0])
-    rows = []
-    for name, (summary, spec) in results.items():
-        method = spec["losses"][-1] if len(spec["losses"]) > 1 else {"name": "ce alone (no KD)"}
-        cost = seconds_per_epoch(costs[name][0])
-        final = summary.get("final", {})
-        weight = method.get("weight")
-        rows.append([f"`{name}`" + (" (failed)" if "failed" in summary else ""), method["name"], "" if weight is None else f"{weight:g}",
-                     final.get(TOP1), final.get(FIDELITY), f"{cost:.1f}" if cost else None,
-                     f"{cost / kd_cost:.2f}" if cost and kd_cost else None, f"{summary.get('connector_parameters', 0):,}"])
-    print(markdown_table(["arm", "method", "weight", "test top-1", "fidelity to teacher", "s / epoch", "cost vs kd", "connector params"], rows))
-    if args.costs:  # the sweep's wall time both ways: one pass (every fused arm reports it) against the arms' sum
-        fused = max(s["wall_time_s"] for s, _ in results.values() if "failed" not in s)
-        alone = sum(s["wall_time_s"] for s, _ in costs.values() if "failed" not in s)
-        print(f"\nthe arms' wall time: {fused:,.0f} s in {args.grid} (fused), {alone:,.0f} s in {args.costs} (one by one): "
-              f"{alone / fused:.2f}x")
+    if args.curve:
+        print(curve_table(args.curve) + "\n")
+    table, ranked = results_table(args.grid, args.costs)
+    print(table + "\n")
+    print(ordering_summary(ranked))
 
 
 if __name__ == "__main__":

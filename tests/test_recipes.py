@@ -129,3 +129,24 @@ def test_recipes_with_the_same_teacher_share_one_cached_training(loaded):
                 homes.setdefault(teacher_dir(spec.teachers[0].train), []).append(rel(recipe))
     assert len(homes) == 1, f"the ResNet-32x4 teachers differ between recipes: {list(homes.values())}"
     assert len(next(iter(homes.values()))) >= 13  # every logit recipe on ResNet-32x4 -> ResNet-8x4
+
+
+def test_the_zoo_spec_is_its_generators_output_and_carries_each_recipes_losses():
+    import importlib.util
+
+    spec_file = importlib.util.spec_from_file_location("zoo_spec", ROOT / "examples" / "zoo_spec.py")
+    zoo_spec = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(zoo_spec)
+    committed = (ROOT / "examples" / "zoo-cifar10.yaml").read_text()
+    assert committed == zoo_spec.render(), "stale: python examples/zoo_spec.py > examples/zoo-cifar10.yaml"
+    curve = (ROOT / "examples" / "zoo-cifar10-ce-curve.yaml").read_text()
+    assert curve == zoo_spec.render(ce_curve=True), "stale: python examples/zoo_spec.py --ce-curve > ..."
+    assert zoo_spec.EPOCHS in yaml.safe_load(curve)["matrix"]["epochs"]
+    variants = {v["name"]: v for v in yaml.safe_load(committed)["matrix"]["variants"]}
+    kd = yaml.safe_load((RECIPES_DIR / "logit" / "kd.yaml").read_text())
+    assert variants["kd"]["losses"] == kd["losses"]  # published weights (CE 0.1, KD 0.9, T 4) unchanged
+    # epoch counts scale from 240 to the zoo's budget: DKD's 20-epoch warm-up, FT's 30-epoch stage
+    assert variants["dkd"]["losses"][1]["params"]["warmup_epochs"] == round(20 * zoo_spec.EPOCHS / 240)
+    assert [s["epochs"] for s in variants["ft"]["stages"]] == [round(30 * zoo_spec.EPOCHS / 240), zoo_spec.EPOCHS]
+    assert variants["dot"]["optimizer"]["name"] == "dot" and "optimizer" not in variants["kd"]
+    assert not set(zoo_spec.LEFT_OUT) & set(variants)
