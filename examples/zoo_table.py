@@ -6,7 +6,8 @@ One row per method (arms ``<method>_seed<N>``): test top-1, fidelity to the teac
 the generalisation gap (train minus test top-1) as mean ± std over the seeds, the paired
 gain over CE alone (same seed), and the connector parameters. Seconds per epoch come from
 ``--costs``, a grid of the same arms run with ``--fuse off`` (in a fused pass every arm
-reports the pass's time), usually at a shorter budget: ``--set epochs=2``. The published
+reports the pass's time), usually at a shorter budget: ``--set epochs=2``; an arm that
+trained by itself in GRID (a method with stages does not fuse) gives its own. The published
 CIFAR-100 top-1 is the one each recipe targets for ResNet-32x4 -> ResNet-8x4 (the
 ``Target`` line of examples/recipes/*/<method>.yaml), and the ordering of the two is
 compared by Spearman's rank correlation. ``--curve`` prints CE's test top-1 at each budget
@@ -123,7 +124,8 @@ def results_table(grid: Path, costs: Path | None) -> tuple[str, list[tuple[str, 
         top1 = [f[TOP1] for f in done.values()]
         gains = [f[TOP1] - ce[seed] for seed, f in done.items() if seed in ce]
         gap = [f[TRAIN_TOP1] - f[TOP1] for f in done.values() if TRAIN_TOP1 in f]
-        cost = next((seconds_per_epoch(s) for s, _ in timed.get(method, {}).values()), None)
+        alone = [s for s, _ in seeds.values() if "failed" not in s and not s.get("fused_with")]  # trained by itself
+        cost = next((seconds_per_epoch(s) for s, _ in [*timed.get(method, {}).values(), *((a, None) for a in alone)]), None)
         connectors = next((s.get("connector_parameters", 0) for s, _ in seeds.values() if "failed" not in s), None)
         target = published_target(method)
         failed = len(seeds) - len(done)

@@ -170,3 +170,11 @@ def test_matrix_variants_set_several_fields_in_one_arm(host, tiny_distill, write
     assert runs[0][1].optimizer.lr == tiny_distill.get("optimizer", {}).get("lr", runs[0][1].optimizer.lr) != 0.01
     result = CliRunner().invoke(cli, ["validate", str(write_spec({**tiny_distill, "matrix": {"variants": variants}}))])
     assert result.exit_code == 2 and "matrix.variants: each value must be a mapping" in result.output
+
+
+def test_a_mistake_shared_by_every_arm_is_reported_once(tiny_distill, write_spec):
+    spec = {**tiny_distill, "batch_size": 0, "matrix": {"seed": [0, 1, 2, 3, 4], "epochs": [1, -1]}}
+    result = CliRunner().invoke(cli, ["validate", str(write_spec(spec))])
+    assert result.exit_code == 2
+    assert result.output.count("batch_size") == 1 and "[all 10 matrix arms] batch_size" in result.output
+    assert "[matrix arms seed0_epochs-1, seed1_epochs-1, seed2_epochs-1 and 2 more] epochs" in result.output

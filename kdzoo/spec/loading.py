@@ -131,15 +131,28 @@ def validate_runs(data: dict[str, Any], registry: Registry | None, source: str) 
             RunSpec.model_validate({"matrix": data["matrix"]})
         except ValidationError as exc:
             raise SpecError(source, [describe_error(err, prefix="") for err in exc.errors()]) from None
+    arms_with: dict[str, list[str]] = {}  # problem -> the arms that have it (a base-spec mistake is in all)
     for arm_name, arm in arms:
         try:
             runs.append((arm_name, validate_spec(arm, registry, source)))
         except SpecError as exc:
-            label = f"[matrix arm {arm_name}] " if data.get("matrix") else ""
-            problems.extend(label + p for p in exc.problems)
-    if problems:
-        raise SpecError(source, list(dict.fromkeys(problems)))
+            for problem in exc.problems:
+                arms_with.setdefault(problem, []).append(arm_name)
+    if arms_with:
+        is_grid = data.get("matrix") is not None
+        problems.extend(_arm_label(names, len(arms)) + problem if is_grid else problem for problem, names in arms_with.items())
+        raise SpecError(source, problems)
     return runs
+
+
+def _arm_label(names: list[str], total: int, shown: int = 3) -> str:
+    """Which arms a problem is in: one, a few by name, or every one."""
+    if len(names) == 1:
+        return f"[matrix arm {names[0]}] "
+    if len(names) == total:
+        return f"[all {total} matrix arms] "
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"[matrix arms {', '.join(names[:shown])}{more}] "
 
 
 def json_schema() -> dict[str, Any]:
