@@ -234,3 +234,23 @@ def test_fuse_is_refused_where_there_is_nothing_to_fuse(tmp_path, write_spec, ti
     assert result.exit_code == 2 and "no matrix, so there are no arms to fuse" in result.output
     result = run("--resume", str(tmp_path), "--fuse", "on")
     assert result.exit_code == 2 and "--resume RUN_DIR continues one run" in result.output
+
+
+def test_arms_with_their_own_stages_fuse_and_train_bit_for_bit_as_separate_runs(tmp_path):
+    kd_losses = [{"name": "ce"}, KD]
+    variants = [
+        {"name": "plain", "losses": kd_losses},
+        {"name": "warmed", "losses": kd_losses, "stages": [{"name": "warm", "epochs": 1, "weights": {"kd": 0}},
+                                                           {"name": "main", "epochs": 1}]},
+        {"name": "frozen-first", "losses": [{"name": "ce"}, {"name": "fitnet", "weight": 10}],
+         "stages": [{"name": "connectors", "epochs": 1, "student": "frozen", "weights": {"ce": 0}},
+                    {"name": "train", "epochs": 1, "optimizer": {"lr": 0.05}}]},
+    ]
+    spec = grid_spec(tmp_path, [], matrix={"variants": variants})
+    fused, separate = run(str(spec), "--out", str(tmp_path / "fused")), run(str(spec), "--out", str(tmp_path / "separate"), "--fuse", "off")
+    assert fused.exit_code == 0 and separate.exit_code == 0, fused.output + separate.output
+    assert "[3 of 3 arms, fused in one pass]" in fused.output
+    for arm in ("plain", "warmed", "frozen-first"):
+        assert_same_run(tmp_path / "fused" / "arms" / arm, tmp_path / "separate" / "arms" / arm)
+    warmed = records(tmp_path / "fused" / "arms" / "warmed")
+    assert [r["stage"] for r in warmed] == ["warm", "main"] and "loss/kd" not in warmed[0]

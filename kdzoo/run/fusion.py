@@ -4,8 +4,9 @@ Arms fuse when everything the pass shares is the same: the data, the augmentatio
 teachers (and their views), the batch size, the epochs, the seed, and where and how the
 pass computes (device, precision, threads, memory layout, compile, sync_bn). They may
 differ in what each arm trains on its own: its student (or model) and its initialisation
-seed (``init_seed``), losses and their weights, optimizer, schedule, metrics and
-evaluation. Torch-free.
+seed (``init_seed``), losses and their weights, optimizer, schedule, stages (each arm
+follows its own: a stage is an arm's weights, optimizer and what it trains), metrics
+and evaluation. Torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from kdzoo.spec import AnySpec
 
 #: Spec fields each arm of a pass has its own of; every other field must be equal.
-OWN_FIELDS = frozenset({"name", "init_seed", "student", "model", "losses", "optimizer", "schedule", "metrics", "eval"})
+OWN_FIELDS = frozenset({"name", "init_seed", "student", "model", "losses", "optimizer", "schedule", "stages", "metrics", "eval"})
 
 
 def shared_part(spec: AnySpec) -> str:
