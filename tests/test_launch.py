@@ -249,3 +249,36 @@ def test_fuse_on_makes_one_job_per_fused_group_with_the_inline_results(launched,
         ours, theirs = (json.loads((rundir.arm_dir(d, arm) / rundir.SUMMARY_FILE).read_text()) for d in (grid, tmp_path / "pass"))
         assert sorted(theirs.pop("fused_with")) == sorted({*GOOD_ARMS, "lr1e30"} - {arm})
         assert without_timings(ours) == without_timings(theirs)  # one job per arm and one pass compute the same
+
+
+LOCAL_PARENT = """
+import sys
+from pathlib import Path
+from kdzoo.run.launchers.jobs import Job
+from kdzoo.run.launchers.local import run_local
+
+root = Path(sys.argv[1])
+child = ("import signal, sys, time, pathlib\\n"
+         "def stop(*_):\\n    pathlib.Path(sys.argv[1]).write_text('stopped cleanly'); sys.exit(130)\\n"
+         "signal.signal(signal.SIGINT, stop)\\npathlib.Path(sys.argv[1] + '.ready').write_text('')\\ntime.sleep(120)\\n")
+jobs = [Job("arm", f"a{i}", f"a{i}", [sys.executable, "-c", child, str(root / f"a{i}")], root / f"a{i}.log", root)
+        for i in range(2)]
+run_local(jobs, 2, lambda job, where: None, lambda job, code, error: print(job.name, code, flush=True))
+"""
+
+
+def test_a_sigterm_to_the_local_launcher_stops_its_children_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", LOCAL_PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"a{i}.ready").exists() for i in range(2)):
+        assert time.monotonic() < deadline and parent.poll() is None, "children did not start"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    # each child got the SIGINT a Ctrl-C would give (its cleanup ran) instead of training on
+    assert [(tmp_path / f"a{i}").read_text() for i in range(2)] == ["stopped cleanly"] * 2
