@@ -282,3 +282,28 @@ def test_a_sigterm_to_the_local_launcher_stops_its_children_cleanly(tmp_path):
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     # each child got the SIGINT a Ctrl-C would give (its cleanup ran) instead of training on
     assert [(tmp_path / f"a{i}").read_text() for i in range(2)] == ["stopped cleanly"] * 2
+
+
+def test_slurm_arms_with_several_gpus_train_on_as_many_processes(tiny_train, tmp_path):
+    """--gpus-per-arm N > 1: each arm's job runs `kdzoo run ... --nproc N` (torchrun DDP on
+    its node); the job itself, run here on the CPU (gloo), trains on 2 processes."""
+    import json as json_module
+
+    from kdzoo.run import runner
+    from kdzoo.run.launchers import LaunchOptions
+    from kdzoo.run.launchers.grid import _arm_jobs, _executor
+    from kdzoo.spec import load_spec
+
+    spec = {**tiny_train, "epochs": 1, "batch_size": 16, "output_dir": str(tmp_path / "runs"), "matrix": {"seed": [0]}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, arms = load_spec(path, None)
+    *_, processes = _executor(LaunchOptions("slurm", None, None, None, 2), arms[0][1], tmp_path / "grid")
+    assert processes == 2
+    assert _executor(LaunchOptions("slurm", None, None, None, 1), arms[0][1], tmp_path / "grid")[-1] is None
+    runner.record_grid(tmp_path / "grid", arms)
+    [job] = _arm_jobs(arms, path, tmp_path / "grid", [], False, True, processes)
+    assert job.argv[-2:] == ["--nproc", "2"]
+    assert job.run() == 0, job.log.read_text()
+    summary = json_module.loads((rundir.arm_dir(tmp_path / "grid", "seed0") / rundir.SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2

@@ -79,7 +79,7 @@ class LauncherSpec(StrictModel):
 
     partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
     time_min: int = Field(1440, ge=1, description="wall-time limit of each job, in minutes; a job that reaches it is requeued and resumes from its last finished epoch")
-    gpus_per_arm: int = Field(0, ge=0, description="GPUs of each job (an arm or a teacher)")
+    gpus_per_arm: int = Field(0, ge=0, description="GPUs of each job (an arm or a teacher); above 1, an arm trains on that many processes (DDP, `--nproc`)")
     cpus_per_arm: int | None = Field(None, ge=1, description="CPU cores of each job; also its torch threads unless the spec sets `threads`")
     mem_gb: float | None = Field(None, gt=0, description="memory of each job, in GB (default: the cluster's)")
     max_parallel: int | None = Field(None, ge=1, description="at most this many jobs of the array run at once (default: submitit's, 256)")

@@ -44,13 +44,14 @@ def launch_grid(plan: runner.Plan, options: LaunchOptions, spec_path: Path, over
             log(f"{position[name]}: {elsewhere[name]} (a stale marker of a lost node: delete {rundir.RUNNING_FILE})")
         else:
             todo.append((name, spec))
-    execute, parallel, threads_for = _executor(options, arms[0][1], grid_dir)
+    execute, parallel, threads_for, processes = _executor(options, arms[0][1], grid_dir)
     shared = shared_args(overrides, plugins_dirs)
     blocked = _train_teachers(todo, spec_path, grid_dir, shared, execute, parallel, threads_for, log)
     for arm, reason in blocked.items():
         log(f"{position[arm]}: failed: {reason}")
         write_json(rundir.arm_dir(grid_dir, arm) / rundir.FAILED_FILE, {"error": reason})
-    arm_jobs = _arm_jobs([(name, spec) for name, spec in todo if name not in blocked], spec_path, grid_dir, shared, force, fuse)
+    arm_jobs = _arm_jobs([(name, spec) for name, spec in todo if name not in blocked], spec_path, grid_dir, shared, force, fuse,
+                         processes)
     _with_threads(arm_jobs, threads_for)
 
     def arm_started(job: Job, where: str) -> None:
@@ -95,8 +96,10 @@ def _train_teachers(todo: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: 
     return blocked
 
 
-def _executor(options: LaunchOptions, first: AnySpec, grid_dir: Path) -> tuple[Execute, int | None, Callable[[int], int | None]]:
-    """How waves run, how many jobs at most at once, and the threads of each job of a wave of N."""
+def _executor(options: LaunchOptions, first: AnySpec,
+              grid_dir: Path) -> tuple[Execute, int | None, Callable[[int], int | None], int | None]:
+    """How waves run, how many jobs at most at once, the threads of each job of a wave of N,
+    and the processes of each arm's job (slurm with several GPUs per arm: one per GPU)."""
     if options.launcher == "local":
         from kdzoo.run.launchers.local import run_local
 
@@ -107,7 +110,7 @@ def _executor(options: LaunchOptions, first: AnySpec, grid_dir: Path) -> tuple[E
 
         # Two one-thread runs beat one two-thread run on two cores (torch's threads wait
         # on each other); a wave smaller than --jobs shares the cores among fewer jobs.
-        return execute, parallel, lambda n: max(1, usable_cores() // min(parallel, n)) if parallel > 1 else None
+        return execute, parallel, (lambda n: max(1, usable_cores() // min(parallel, n)) if parallel > 1 else None), None
     from kdzoo.run.launchers import slurm  # imports submitit: only here
 
     settings = slurm.settings_with_flags(first.launcher, options)
@@ -115,7 +118,8 @@ def _executor(options: LaunchOptions, first: AnySpec, grid_dir: Path) -> tuple[E
     def execute(jobs: list[Job], wave: str, started, finished) -> None:
         slurm.run_submitit(jobs, settings, rundir.submitit_dir(grid_dir), f"kdzoo-{grid_dir.name}-{wave}", started, finished)
 
-    return execute, settings.max_parallel, lambda n: settings.cpus_per_arm
+    gpus = settings.gpus_per_arm or 0
+    return execute, settings.max_parallel, lambda n: settings.cpus_per_arm, gpus if gpus > 1 else None
 
 
 def _teacher_jobs(todo: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Path,
@@ -140,8 +144,10 @@ def _teacher_jobs(todo: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Pa
 
 
 def _arm_jobs(arms: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Path, shared: list[str], force: bool,
-              fuse: bool) -> list[Job]:
-    """One job per arm, or with ``fuse`` one per group of arms that train in one pass."""
+              fuse: bool, processes: int | None = None) -> list[Job]:
+    """One job per arm, or with ``fuse`` one per group of arms that train in one pass;
+    ``processes`` > 1: each job trains on that many processes of its node (``--nproc``:
+    torchrun DDP over the node's GPUs)."""
     from kdzoo.run.fusion import fusion_groups
 
     groups = fusion_groups([runner.Member(name, spec, rundir.arm_dir(grid_dir, name)) for name, spec in arms], fuse)
@@ -149,7 +155,8 @@ def _arm_jobs(arms: list[tuple[str, AnySpec]], spec_path: Path, grid_dir: Path, 
     for group in groups:
         names = [m.name for m in group]
         label = f"arm-{names[0]}" if len(group) == 1 else f"pass-{names[0]}-{len(group)}"
-        jobs.append(Job("arm", ", ".join(names), label, arm_argv(spec_path, ",".join(names), grid_dir, shared, force),
+        argv = arm_argv(spec_path, ",".join(names), grid_dir, shared, force) + (["--nproc", str(processes)] if processes else [])
+        jobs.append(Job("arm", ", ".join(names), label, argv,
                         rundir.launch_log(grid_dir, label), group[0].run_dir, spec_threads=group[0].spec.threads,
                         members=[(m.name, m.run_dir) for m in group] if len(group) > 1 else []))
     return jobs
