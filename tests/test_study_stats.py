@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdzoo.study.arms import Arm
+from kdzoo.study.arms import Arm, TeacherRow
 from kdzoo.study.regime import regime_checks
 from kdzoo.study.stats import combine, decide, paired_estimate, t_critical_95
 from kdzoo.study.strength import Policy, affinity_scale, class_scale, parse_label, policy_labels, read_affinity
@@ -88,7 +88,8 @@ def test_regime_checks_by_hand():
     weak, strong = Policy("weak"), Policy("strong")
     scale = class_scale({weak: "weak", strong: "strong"}, ("strong",), ("weak",))
     # teacher rows as TeacherIndex.table gives them: name, role, policy label, seed, test top-1, ECE
-    rows = [["a", "T1w", "weak", 1, 0.80, 0.02], ["b", "T2w", "weak", 2, 0.78, 0.02], ["c", "T1s", "strong", 1, 0.75, 0.02]]
+    rows = [TeacherRow("a", "T1w", "weak", 1, 0.80, 0.02), TeacherRow("b", "T2w", "weak", 2, 0.78, 0.02),
+            TeacherRow("c", "T1s", "strong", 1, 0.75, 0.02)]
     checks = regime_checks([baseline_arm(0, 0.19, 0.62), baseline_arm(1, 0.17, 0.60)], rows, scale)
     overfit, know_more, not_crippled = checks
     assert overfit.met and "0.1800 ± 0.0141 over 2 seeds" in overfit.measured
@@ -96,7 +97,7 @@ def test_regime_checks_by_hand():
     assert know_more.met and "margin +0.1400" in know_more.measured
     # mean weak 0.79 - strong 0.75 = +0.04 <= 0.05
     assert not_crippled.met and "weakest - strongest +0.0400" in not_crippled.measured
-    failing = regime_checks([baseline_arm(0, 0.05, 0.74)], rows + [["d", "T2s", "strong", 2, 0.65, 0.0]], scale)
+    failing = regime_checks([baseline_arm(0, 0.05, 0.74)], rows + [TeacherRow("d", "T2s", "strong", 2, 0.65, 0.0)], scale)
     assert [c.met for c in failing] == [False, False, False]
     assert [c.status for c in regime_checks([], [], scale)] == ["not measured"] * 3
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -148,6 +148,21 @@ def group_arms(arms: list[Arm], teacher_policy: Callable[[Arm, str], str], fallb
 
 
 # ----------------------------------------------------------------------------- teachers
+class TeacherRow(NamedTuple):
+    """One distinct teacher of a grid, as the report's teacher table prints it."""
+
+    teacher: str  # its checkpoint's directory name
+    role: str
+    policy: str  # the label of its training augmentation
+    seed: int | None
+    top1: float | None  # test top-1
+    ece: float | None  # ECE, 10 bins
+    used_by: int = 0  # how many arms distilled from it
+
+
+TEACHER_HEADERS = ["teacher", "role", "policy", "seed", "test top-1", "ECE (10 bins)", "used by arms"]
+
+
 class TeacherIndex:
     """The teachers the arms used, read once each from their checkpoint manifests."""
 
@@ -177,9 +192,9 @@ class TeacherIndex:
         seed = self.manifest(arm, role).get("seed")
         return int(seed) if seed is not None else None
 
-    def table(self, arms: list[Arm], labels: dict[Policy, str]) -> tuple[list[str], list[list[Any]]]:
-        """One row per distinct teacher checkpoint: policy (its label), seed, test top-1, ECE (10 bins)."""
-        rows: dict[str, list[Any]] = {}
+    def table(self, arms: list[Arm], labels: dict[Policy, str]) -> list[TeacherRow]:
+        """One row per distinct teacher checkpoint (print under ``TEACHER_HEADERS``)."""
+        rows: dict[str, TeacherRow] = {}
         used: dict[str, set[str]] = {}
         for arm in arms:
             for role in arm.teacher_roles:
@@ -193,8 +208,8 @@ class TeacherIndex:
                 # The manifest holds the teacher's own train run, so its role is TRAIN_ROLE.
                 top1 = own.get(metric_key("test", "top1", TRAIN_ROLE), arm.final.get(metric_key("test", "top1", role)))
                 ece = own.get(metric_key("test", "ece10", TRAIN_ROLE), arm.final.get(metric_key("test", "ece10", role)))
-                rows[source] = [Path(source).name or source, role, labels.get(self.policy(arm, role), ""), manifest.get("seed"), top1, ece]
-        headers = ["teacher", "role", "policy", "seed", "test top-1", "ECE (10 bins)", "used by arms"]
-        table = [row + [len(used[source])] for source, row in rows.items()]
-        table.sort(key=lambda row: (str(row[1]), str(row[2]), row[3] if row[3] is not None else -1))
-        return headers, table
+                rows[source] = TeacherRow(Path(source).name or source, role, labels.get(self.policy(arm, role), ""),
+                                          manifest.get("seed"), top1, ece)
+        table = [row._replace(used_by=len(used[source])) for source, row in rows.items()]
+        table.sort(key=lambda row: (str(row.role), str(row.policy), row.seed if row.seed is not None else -1))
+        return table

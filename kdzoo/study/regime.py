@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
-from kdzoo.study.arms import Arm
+from kdzoo.study.arms import Arm, TeacherRow
 from kdzoo.study.quantities import QUANTITY, spread
 from kdzoo.study.strength import StrengthScale
 from kdzoo.tables import fmt, markdown_table
@@ -39,17 +38,17 @@ class Check:
         return "not measured" if self.met is None else "met" if self.met else "NOT met"
 
 
-def teacher_top1_by_level(teacher_rows: list[list[Any]], scale: StrengthScale) -> dict[str, list[float]]:
-    """Test top-1 of each distinct teacher (rows of TeacherIndex.table), by strength level."""
+def teacher_top1_by_level(teacher_rows: list[TeacherRow], scale: StrengthScale) -> dict[str, list[float]]:
+    """Test top-1 of each distinct teacher, by strength level."""
     by_level: dict[str, list[float]] = {}
-    for _, _, label, _, top1, *_ in teacher_rows:
-        level = scale.level(label)
-        if level is not None and isinstance(top1, float):
-            by_level.setdefault(level, []).append(top1)
+    for row in teacher_rows:
+        level = scale.level(row.policy)
+        if level is not None and isinstance(row.top1, float):
+            by_level.setdefault(level, []).append(row.top1)
     return by_level
 
 
-def regime_checks(baseline: list[Arm], teacher_rows: list[list[Any]], scale: StrengthScale) -> list[Check]:
+def regime_checks(baseline: list[Arm], teacher_rows: list[TeacherRow], scale: StrengthScale) -> list[Check]:
     gap = spread(QUANTITY["gap_at_best"].extract(arm) for arm in baseline)
     top1 = spread(QUANTITY["test_top1"].extract(arm) for arm in baseline)
     checks = [Check(
@@ -57,7 +56,7 @@ def regime_checks(baseline: list[Arm], teacher_rows: list[list[Any]], scale: Str
         f"{gap.text()} over {gap.n} seeds" if gap.mean is not None else "no CE-only baseline (--baseline)",
         None if gap.mean is None else gap.mean >= MIN_BASELINE_GAP,
     )]
-    teachers = [row[4] for row in teacher_rows if isinstance(row[4], float)]
+    teachers = [row.top1 for row in teacher_rows if isinstance(row.top1, float)]
     if top1.mean is None or not teachers:
         checks.append(Check("teachers know more", f"every teacher's test top-1 >= CE-only student's + {MIN_TEACHER_MARGIN:.2f}",
                             "needs the CE-only baseline and the teachers' test top-1", None))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kdzoo.api.keys import metric_key, split_key
 from kdzoo.run.checkpoint import write_text
-from kdzoo.study.arms import Arm, Group, TeacherIndex, group_arms, load_arms
+from kdzoo.study.arms import TEACHER_HEADERS, Arm, Group, TeacherIndex, group_arms, load_arms
 from kdzoo.study.findings import RULE, Finding, findings, findings_markdown, group_level
 from kdzoo.study.regime import Check, regime_checks, regime_markdown
 from kdzoo.study.strength import STRONG_POLICIES, WEAK_POLICIES, StrengthScale, affinity_scale, class_scale, policy_labels, read_affinity
@@ -87,8 +87,8 @@ def build_report(
     groups = group_arms(arms, lambda arm, role: labels[teachers.policy(arm, role)], fallback_label=run_dir.resolve().name)
     scale = affinity_scale(labels, affinity_rows, str(affinity)) if affinity_rows is not None else class_scale(labels, strong, weak)
     table = study_table(groups)
-    teacher_headers, teacher_rows = teachers.table(arms, labels)
-    teachers_table = markdown_table(teacher_headers, teacher_rows) if teacher_rows else ""
+    teacher_rows = teachers.table(arms, labels)
+    teachers_table = markdown_table(TEACHER_HEADERS, teacher_rows) if teacher_rows else ""
     items = findings(groups, scale, teachers.seed)
     checks = regime_checks(baseline_arms, teacher_rows, scale)
     strength = strength_table(groups, scale)
