@@ -306,3 +306,12 @@ def test_a_report_killed_at_any_write_leaves_whole_files_and_reruns_to_the_same_
         assert CliRunner().invoke(cli, ["report", str(grid), "--out", str(out)]).exit_code == 0
         got = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".png"}
         assert {k: v.replace(str(out).encode(), str(reference).encode()) for k, v in got.items()} == expected
+
+
+def test_a_part_of_the_grid_leaves_the_study_report_to_the_whole_grid(grid):
+    spec = grid.parent / "study.yaml"
+    part = CliRunner().invoke(cli, ["run", str(spec), "--out", str(grid), "--arms", "weak_weak_*", "--quiet"])
+    assert part.exit_code == 0, part.output
+    assert "already finished, skipped" in part.output and "study report:" not in part.output
+    whole = CliRunner().invoke(cli, ["run", str(spec), "--out", str(grid), "--quiet"])
+    assert whole.exit_code == 0 and "study report:" in whole.output, whole.output

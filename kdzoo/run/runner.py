@@ -262,7 +262,7 @@ class Plan:
     runs: list[tuple[str, AnySpec]]
     run_dir: Path
     grid: bool
-    study: bool
+    study: bool  # a whole grid over seeds: the study report is built at its end
 
 
 def plan_runs(spec_data: dict[str, Any], runs: list[tuple[str, AnySpec]], out_dir: Path | None, arm_patterns: str | None) -> Plan:
@@ -277,7 +277,9 @@ def plan_runs(spec_data: dict[str, Any], runs: list[tuple[str, AnySpec]], out_di
     if not grid and rundir.has_state(run_dir):
         raise KdzooError(f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or choose another --out")
     distributed.on_main(ensure_writable_dir, run_dir)
-    return Plan(runs, run_dir, grid, grid and is_study(spec_data))
+    # A part of a grid (--arms: a launched job, or a grid split by hand) leaves the study
+    # report to the whole grid's process, or to `kdzoo report` once every part is done.
+    return Plan(runs, run_dir, grid, grid and is_study(spec_data) and not arm_patterns)
 
 
 def ensure_writable_dir(path: Path) -> None:
