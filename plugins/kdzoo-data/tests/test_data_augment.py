@@ -7,16 +7,14 @@ import torch
 import torch.nn.functional as F
 
 import kdzoo_data
-from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
-from kdzoo.host.registry import Registry
+from kdzoo.testing import isolated_host
 from kdzoo_data import CutoutParams, PaperWeakParams, RandAugmentParams, WeakParams
 from kdzoo_data.augment import build_cutout, build_paper_weak, build_randaugment, build_weak
 
 
 @pytest.fixture(scope="module")
 def registry():
-    host = PluginHost(new_manager(), Registry())
-    register_plugin(host, kdzoo_data, PluginInfo(name="kdzoo-data", module="kdzoo_data"))
+    host = isolated_host(kdzoo_data)
     return host.registry
 
 

@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 from torchvision.io import encode_jpeg, encode_png
 
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo_data import Cifar10JpgParams, ImageFolderParams, TorchvisionCifarParams
 from kdzoo_data import imagefolder
 from kdzoo_data.cifar import CIFAR10_JPG_ENV, build_cifar10, build_cifar100, build_cifar10_jpg

@@ -10,8 +10,7 @@ import torch
 from pydantic import ValidationError
 
 import kdzoo_data
-from kdzoo.host.loading import PluginHost, PluginInfo, new_manager, register_plugin
-from kdzoo.host.registry import Registry
+from kdzoo.testing import isolated_host
 from kdzoo_data import SHAPE_KINDS, SyntheticShapesParams
 from kdzoo_data.synthetic import SHAPE_TESTS, build_synthetic_shapes, render_shapes
 
@@ -28,8 +27,7 @@ def test_hook_module_imports_without_torch():
 
 
 def test_every_component_registers_and_its_factory_imports():
-    host = PluginHost(new_manager(), Registry())
-    register_plugin(host, kdzoo_data, PluginInfo(name="kdzoo-data", module="kdzoo_data"))
+    host = isolated_host(kdzoo_data)
     registry = host.registry
     assert registry.names("dataset") == ["cifar10", "cifar10-jpg", "cifar100", "imagefolder", "synthetic-shapes"]
     assert {"none", "weak", "strong", "randaugment", "paper-weak", "paper-strong", "cutout", "autoaugment"} == set(registry.names("augmentation"))

@@ -14,7 +14,7 @@ from torch.testing import assert_close
 
 import kdzoo
 from kdzoo import rundir
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo.host.build import build_model
 from kdzoo.host.loading import load_plugins
 from kdzoo.run.checkpoint import load_tensors

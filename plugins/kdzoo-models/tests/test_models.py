@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from kdzoo.errors import KdzooError
+from kdzoo.api import KdzooError
 from kdzoo.host.loading import load_plugins
 
 TINY_VIT_TIMM = {"arch": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "kwargs": {"depth": 2}}
