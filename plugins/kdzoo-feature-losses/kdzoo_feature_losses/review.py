@@ -78,9 +78,9 @@ class ReviewKDLoss(TappedLoss):
     The authors' ``CIFAR-100/script/reviewKD.sh`` uses 5.0 for most pairs, 8.0 for
     ShuffleV2, 0.6 for resnet56 -> resnet20, 1.0 for resnet110 -> resnet32.
 
-    Still differs: the reference matches the teacher's pre-ReLU stage outputs
-    (``preact_feats``; the student's are post-ReLU), here whatever is tapped (kdzoo's
-    ``cifar-resnet`` exposes post-ReLU stage outputs only).
+    Taps as the reference: the teacher's stage levels are its pre-ReLU stage outputs
+    (``preact_feats``: the network's ``pre_activation_stages`` where it declares them),
+    the student's its post-ReLU stages (``feats``).
     """
 
     loss_name = "reviewkd"
@@ -90,6 +90,11 @@ class ReviewKDLoss(TappedLoss):
     feature_kind = "any"
 
     # ------------------------------------------------------------------ taps
+    def _declared_layers(self, net: Network, role: str) -> list[str]:
+        if role == "teacher" and net.pre_activation_stages:  # mdistiller: the teacher's preact_feats
+            return list(net.pre_activation_stages)
+        return super()._declared_layers(net, role)
+
     def _embedding_tap(self, net: Network, role: str) -> str:
         if not net.embedding:
             raise ValueError(

@@ -184,7 +184,8 @@ def test_reviewkd_on_cifar_resnets_reviews_the_three_stages_and_the_pooled_featu
     student, teacher = cifar_resnet(8, 64), cifar_resnet(14, 32)  # resnet8x4; a narrower teacher
     run = harness.on_networks("reviewkd", student, [teacher], torch.rand(2, 3, 32, 32))
     levels = ["layer1", "layer2", "layer3", "avgpool"]
-    assert run.taps[0] == (levels, levels)
+    teacher_levels = [f"layer{i}.1.pre_activation" for i in (1, 2, 3)] + ["avgpool"]  # mdistiller: the teacher's preact_feats
+    assert run.taps[0] == (levels, teacher_levels)
     fusions = run.loss.per_teacher[0]
     # mdistiller's resnet8x4 setting: fusion width min(512, 256) = 256; the pooled level is 1x1 and not fused
     assert [f.reduce[0].out_channels for f in fusions] == [256] * 4

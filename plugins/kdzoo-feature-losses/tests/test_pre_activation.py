@@ -77,3 +77,10 @@ def test_ofd_margin_comes_from_the_batchnorm_before_the_relu(harness):
 def test_a_network_must_declare_one_pre_activation_per_stage():
     with pytest.raises(ValueError, match="pre_activation_stages has 1 paths for 2 stages"):
         Network(nn.Linear(2, 2), num_classes=2, stages=["a", "b"], pre_activation_stages=["a.x"])
+
+
+def test_reviewkd_matches_the_teachers_pre_activations_with_the_students_stages(harness):
+    run = harness.on_networks("reviewkd", residual_net((4, 8)), [residual_net()], torch.rand(2, 3, 8, 8))
+    student_taps, teacher_taps = run.taps[0]
+    assert student_taps == ["stage1", "stage2", "pool"]  # mdistiller: the student's feats, then its pooled feature
+    assert teacher_taps == ["stage1.pre_activation", "stage2.pre_activation", "pool"]  # the teacher's preact_feats
