@@ -31,6 +31,7 @@ from kdzoo.tables import markdown_table  # noqa: E402
 
 TOP1, FIDELITY = "test/top1/student", "test/fidelity/student~ensemble"
 TRAIN_TOP1 = "train/top1/student"
+DEAD_TOP1 = 0.15  # a student at or below this test top-1 has died (chance on CIFAR-10: 0.10)
 RECIPES = Path(__file__).resolve().parent / "recipes"
 PAIR = re.compile(r"32x4\s*->\s*(?:resnet-?)?8x4", re.IGNORECASE)
 
@@ -41,7 +42,12 @@ def arms(grid: Path) -> dict[str, tuple[dict, dict]]:
     found = {}
     for name in order:
         arm = rundir.arm_dir(grid, name)
-        summary = json.loads((arm / rundir.SUMMARY_FILE).read_text()) if rundir.is_finished(arm) else {"failed": True}
+        if not (arm / rundir.SPEC_FILE).is_file():
+            continue  # not started yet
+        if rundir.is_finished(arm):
+            summary = json.loads((arm / rundir.SUMMARY_FILE).read_text())
+        else:  # failed (its failed.json says why), or still running
+            summary = {"failed": (rundir.read_json(arm / rundir.FAILED_FILE) or {}).get("error"), "unfinished": True}
         found[name] = (summary, yaml.safe_load((arm / rundir.SPEC_FILE).read_text()))
     return found
 
@@ -103,7 +109,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 
 def seconds_per_epoch(summary: dict) -> float | None:
-    return None if "failed" in summary else summary["train_time_s"] / summary["epochs"]
+    return None if "unfinished" in summary else summary["train_time_s"] / summary["epochs"]
 
 
 def method_label(spec: dict, method: str) -> str:
@@ -115,23 +121,26 @@ def method_label(spec: dict, method: str) -> str:
 def results_table(grid: Path, costs: Path | None) -> tuple[str, list[tuple[str, float, float]]]:
     methods = by_method(arms(grid))
     timed = by_method(arms(costs)) if costs else {}
-    ce = {seed: s["final"][TOP1] for seed, (s, _) in methods["ce"].items() if "failed" not in s}
+    ce = {seed: s["final"][TOP1] for seed, (s, _) in methods["ce"].items() if "unfinished" not in s}
     kd_time = next((seconds_per_epoch(s) for s, _ in timed.get("kd", {}).values()), None)
     rows, ranked = [], []
     for method, seeds in methods.items():
-        done = {seed: s["final"] for seed, (s, _) in seeds.items() if "failed" not in s}
+        done = {seed: s["final"] for seed, (s, _) in seeds.items() if "unfinished" not in s}
         spec = next(iter(seeds.values()))[1]
         top1 = [f[TOP1] for f in done.values()]
         gains = [f[TOP1] - ce[seed] for seed, f in done.items() if seed in ce]
         gap = [f[TRAIN_TOP1] - f[TOP1] for f in done.values() if TRAIN_TOP1 in f]
-        alone = [s for s, _ in seeds.values() if "failed" not in s and not s.get("fused_with")]  # trained by itself
+        alone = [s for s, _ in seeds.values() if "unfinished" not in s and not s.get("fused_with")]  # trained by itself
         cost = next((seconds_per_epoch(s) for s, _ in [*timed.get(method, {}).values(), *((a, None) for a in alone)]), None)
-        connectors = next((s.get("connector_parameters", 0) for s, _ in seeds.values() if "failed" not in s), None)
+        connectors = next((s.get("connector_parameters", 0) for s, _ in seeds.values() if "unfinished" not in s), None)
         target = published_target(method)
-        failed = len(seeds) - len(done)
+        failed = sum(1 for s, _ in seeds.values() if s.get("failed"))
+        running = sum(1 for s, _ in seeds.values() if s.get("unfinished") and not s.get("failed"))
+        dead = sum(1 for value in top1 if value <= DEAD_TOP1)
         if top1 and target is not None:
-            ranked.append((method, statistics.mean(top1), target))
-        rows.append([f"`{method}`" + (f" ({failed} failed)" if failed else ""), method_label(spec, method),
+            ranked.append((method, statistics.mean(top1), target, dead))
+        status = ", ".join(f"{count} {text}" for count, text in ((failed, "failed"), (running, "not finished"), (dead, "died")) if count)
+        rows.append([f"`{method}`" + (f" ({status})" if status else ""), method_label(spec, method),
                      mean_std(top1), "" if method == "ce" else mean_std([100 * g for g in gains], 2),
                      mean_std([f[FIDELITY] for f in done.values()]), mean_std(gap, 3),
                      f"{cost:.1f}" if cost else "", f"{cost / kd_time:.2f}" if cost and kd_time else "",
@@ -141,20 +150,22 @@ def results_table(grid: Path, costs: Path | None) -> tuple[str, list[tuple[str, 
     return markdown_table(headers, rows), ranked
 
 
-def ordering_summary(ranked: list[tuple[str, float, float]]) -> str:
-    ours = sorted(ranked, key=lambda r: -r[1])
-    published = sorted(ranked, key=lambda r: -r[2])
-    rho = spearman([r[1] for r in ranked], [r[2] for r in ranked])
-    lines = [f"Spearman rank correlation with the published CIFAR-100 top-1 over {len(ranked)} methods: {rho:+.2f}",
-             "here, best first:      " + ", ".join(r[0] for r in ours),
-             "published, best first: " + ", ".join(r[0] for r in published)]
+def ordering_summary(ranked: list[tuple[str, float, float, int]]) -> str:
+    """The two orderings and their rank correlation, over every method with a published
+    number and again over those none of whose seeds died."""
+    lines = []
+    for label, rows in (("", ranked), (" whose students all trained", [r for r in ranked if not r[3]])):
+        rho = spearman([r[1] for r in rows], [r[2] for r in rows])
+        lines.append(f"Spearman rank correlation with the published CIFAR-100 top-1 over the {len(rows)} methods{label}: {rho:+.2f}")
+    lines += ["here, best first:      " + ", ".join(r[0] for r in sorted(ranked, key=lambda r: -r[1])),
+              "published, best first: " + ", ".join(r[0] for r in sorted(ranked, key=lambda r: -r[2]))]
     return "\n".join(lines)
 
 
 def curve_table(curve: Path) -> str:
     rows = {}
     for summary, spec in arms(curve).values():
-        if "failed" not in summary:
+        if "unfinished" not in summary:
             rows.setdefault(spec["epochs"], []).append(summary["final"])
     return markdown_table(["epochs", "CE test top-1", "CE train top-1"],
                           [[epochs, mean_std([f["test/top1/model"] for f in finals]), mean_std([f["train/top1/model"] for f in finals])]
