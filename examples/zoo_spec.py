@@ -48,7 +48,7 @@ HEADER = f"""\
 # Not here: {"; ".join(f"{name} ({why})" for name, why in LEFT_OUT.items())}; TAKD and BAN are
 # teacher chains (examples/recipes/chains/).
 #
-#   kdzoo run examples/zoo-cifar10.yaml --launcher local --jobs 2
+#   kdzoo run examples/zoo-cifar10.yaml --launcher local --jobs 2 --fuse on    # one job per fused pass
 """
 
 

@@ -27,6 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdzoo import rundir  # noqa: E402
+from kdzoo.study.quantities import spread  # noqa: E402
 from kdzoo.tables import markdown_table  # noqa: E402
 
 TOP1, FIDELITY = "test/top1/student", "test/fidelity/student~ensemble"
@@ -82,10 +83,8 @@ def published_target(method: str) -> float | None:
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return ""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+    found = spread(values)  # the study's mean and sample std
+    return "" if found.mean is None else f"{found.mean:.{digits}f} ± {(found.std or 0.0):.{digits}f}"
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
